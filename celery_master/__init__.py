@@ -1,0 +1,27 @@
+"""celery-master: elect one Celery worker per lock name to run a master job.
+
+Public API::
+
+    celery_master.register(app, "JOB-SCHEDULER", start, stop, check_interval=5)
+
+``start(ctx)`` and ``stop(ctx)`` receive a :class:`MasterContext`. Errors:
+see :mod:`celery_master.errors`.
+"""
+
+from __future__ import annotations
+
+from . import control as _control  # noqa: F401  (remote-control commands exist on import)
+from .errors import CeleryMasterError, ConfigurationError, NotMaster
+from .job import MasterContext, MasterJob
+from .registry import master_job, register
+
+__all__ = [
+    "CeleryMasterError",
+    "ConfigurationError",
+    "MasterContext",
+    "MasterJob",
+    "NotMaster",
+    "master_job",
+    "register",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,95 @@
+"""The thin Celery worker step that wires the elector into a worker.
+
+A *worker* step (not a consumer step): consumer steps are restarted whenever
+the broker connection drops, and the election must not be.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import bootsteps, signals
+
+from . import control  # noqa: F401  (registers the remote-control commands)
+from .elector import Elector
+from .holder import Holder
+from .registry import jobs_of
+from .settings import resolve_database_url, resolve_job_settings
+from .store.engine import create_lease_engine, mask_url, sqlite_path
+from .store.leases import LeaseStore
+
+__all__ = ["MasterStep"]
+
+logger = logging.getLogger("celery_master")
+
+
+class MasterStep(bootsteps.StartStopStep):
+    """Starts the elector after the worker is built; hands leases over at shutdown."""
+
+    label = "celery-master"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        worker.master_elector = None
+        self.elector: Elector | None = None
+        self.hostname: str | None = None
+        self.app: Any = None
+        self._hints: list[threading.Thread] = []
+        super().__init__(worker, **kwargs)
+
+    def start(self, worker: Any) -> None:
+        app = worker.app
+        jobs = jobs_of(app)
+        if not jobs:
+            return
+        url = resolve_database_url(app.conf)
+        pairs = [(job, resolve_job_settings(app.conf, job.options)) for job in jobs]
+        finest = min(s.heartbeat_interval for _, s in pairs)
+        store = LeaseStore(create_lease_engine(url, timeout=finest))
+        self.hostname, self.app = worker.hostname, app
+        self.elector = Elector(store, pairs, Holder.for_node(worker.hostname), self._send_hint)
+        worker.master_elector = self.elector
+        signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
+        path = sqlite_path(url)
+        logger.info(
+            "celery-master: %d master job(s) %s; leases in %s%s",
+            len(jobs),
+            ", ".join(repr(j.lock_name) for j in jobs),
+            mask_url(url),
+            f" (file {path})" if path else "",
+        )
+        self.elector.start()
+
+    def stop(self, worker: Any) -> None:
+        signals.worker_shutting_down.disconnect(self._on_shutting_down)
+        if self.elector is not None:
+            self.elector.stop()
+            for thread in self._hints:
+                thread.join(2.0)
+            self.elector = None
+
+    terminate = stop
+
+    def info(self, worker: Any) -> dict[str, Any]:
+        elector = worker.master_elector
+        if elector is None:
+            return {}
+        return {"master": elector.snapshot()}
+
+    def _on_shutting_down(self, sender: Any = None, **kwargs: Any) -> None:
+        """Sent from the SIGTERM handler: start the hand-over now, not 2-4 s later."""
+        if self.elector is not None and (sender is None or sender == self.hostname):
+            self.elector.begin_handover()
+
+    def _send_hint(self, lock_names: list[str]) -> None:
+        """Tell the standbys a lease is free, from a connection of our own."""
+        app = self.app
+        thread = threading.Thread(
+            target=control.broadcast_hint,
+            args=(app, lock_names),
+            name="celery-master-hint",
+            daemon=True,
+        )
+        self._hints = [t for t in self._hints if t.is_alive()] + [thread]
+        thread.start()

@@ -1,0 +1,102 @@
+"""Runs one term of a master job: start(ctx) in its own thread, stop(ctx) bounded.
+
+Nothing a job does can raise into Celery or into the elector: exceptions are
+logged with their traceback and turn into a step-down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .job import MasterContext, MasterJob
+
+__all__ = ["Runner"]
+
+logger = logging.getLogger("celery_master")
+
+
+class Runner:
+    """One term: created on acquisition, finished once ``stopped`` is set."""
+
+    def __init__(
+        self,
+        job: MasterJob,
+        ctx: MasterContext,
+        stop_timeout: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.job = job
+        self.ctx = ctx
+        self.stop_timeout = stop_timeout
+        self.on_change = on_change
+        self.failed = False
+        self.reason: str | None = None
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._start_thread: threading.Thread | None = None
+
+    @property
+    def stepping_down(self) -> bool:
+        return self.reason is not None
+
+    def start(self) -> None:
+        self._start_thread = threading.Thread(
+            target=self._run_start, name=f"celery-master-job-{self.job.lock_name}", daemon=True
+        )
+        self._start_thread.start()
+
+    def _run_start(self) -> None:
+        try:
+            self.job.start(self.ctx)
+        except Exception:
+            logger.exception("celery-master: start() of %r raised", self.job.lock_name)
+            self.failed = True
+            self.step_down("start() raised")
+
+    def step_down(self, reason: str) -> None:
+        """Revoke the term at once, then stop the job in the background (idempotent)."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            self.ctx.revoke()
+        threading.Thread(
+            target=self._run_stop, name=f"celery-master-stop-{self.job.lock_name}", daemon=True
+        ).start()
+
+    def _run_stop(self) -> None:
+        began = time.monotonic()
+        deadline = began + self.stop_timeout
+        if self.job.stop is not None:
+            stopper = threading.Thread(target=self._call_stop, daemon=True)
+            stopper.start()
+            stopper.join(self.stop_timeout)
+            if stopper.is_alive():
+                logger.error(
+                    "celery-master: stop() of %r overran its %.1fs bound and still runs; "
+                    "the lease will be released anyway, so another master may start while it "
+                    "runs: make stop() return faster",
+                    self.job.lock_name,
+                    self.stop_timeout,
+                )
+        if self._start_thread is not None and self._start_thread is not threading.current_thread():
+            self._start_thread.join(max(0.0, deadline - time.monotonic()))
+            if self._start_thread.is_alive():
+                logger.error(
+                    "celery-master: start() of %r still runs %.1fs after stopping was set: "
+                    "let it return when ctx.stopping is set",
+                    self.job.lock_name,
+                    time.monotonic() - began,
+                )
+        self.stopped.set()
+        self.on_change()
+
+    def _call_stop(self) -> None:
+        try:
+            assert self.job.stop is not None
+            self.job.stop(self.ctx)
+        except Exception:
+            logger.exception("celery-master: stop() of %r raised", self.job.lock_name)

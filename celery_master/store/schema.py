@@ -1,0 +1,63 @@
+"""The tables of celery-master, built by one function on a MetaData it owns.
+
+Times are stored as float seconds since the epoch *read from the database
+clock*, for people to read (lease left, history); no decision is ever taken
+on them (see elector.py for the monotonic rules).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = ["SCHEMA_VERSION", "MAX_LOCK_NAME", "build_tables"]
+
+SCHEMA_VERSION = 1
+MAX_LOCK_NAME = 200
+
+
+def build_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
+    """Return (lease, meta, history) tables registered on ``metadata``."""
+    lease = Table(
+        "celery_master_lease",
+        metadata,
+        Column("lock_name", String(MAX_LOCK_NAME), primary_key=True),
+        Column("holder", String(255), nullable=True),
+        Column("epoch", BigInteger, nullable=False, default=0),
+        Column("renewals", BigInteger, nullable=False, default=0),
+        Column("ttl", Float, nullable=True),
+        Column("enabled", Boolean, nullable=False, default=True),
+        Column("release_requested", Boolean, nullable=False, default=False),
+        Column("acquired_at", Float, nullable=True),
+        Column("renewed_at", Float, nullable=True),
+        Column("changed_at", Float, nullable=True),
+        Column("changed_by", String(255), nullable=True),
+        Column("reason", Text, nullable=True),
+    )
+    meta = Table(
+        "celery_master_meta",
+        metadata,
+        Column("key", String(64), primary_key=True),
+        Column("value", String(255), nullable=False),
+    )
+    history = Table(
+        "celery_master_history",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("lock_name", String(MAX_LOCK_NAME), nullable=False, index=True),
+        Column("at", Float, nullable=False),
+        Column("event", String(32), nullable=False),
+        Column("holder", String(255), nullable=True),
+        Column("epoch", BigInteger, nullable=True),
+        Column("detail", Text, nullable=True),
+    )
+    return lease, meta, history

@@ -1,0 +1,65 @@
+"""A Celery app whose master job journals start, stop and ticks, for the process tests.
+
+Configured from the environment so each test can point it at its own broker,
+lease database and journal: JOURNAL_BROKER_URL, JOURNAL_FS_DIR (filesystem
+broker folder), CELERY_MASTER_DATABASE_URL, JOURNAL_FILE, JOURNAL_LOCKS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from celery import Celery
+
+import celery_master
+
+app = Celery("journal_app")
+_fs = os.environ.get("JOURNAL_FS_DIR")
+if _fs:
+    for sub in ("in", "processed"):
+        os.makedirs(os.path.join(_fs, sub), exist_ok=True)
+    app.conf.broker_url = "filesystem://"
+    app.conf.broker_transport_options = {
+        "data_folder_in": os.path.join(_fs, "in"),
+        "data_folder_out": os.path.join(_fs, "in"),
+        "processed_folder": os.path.join(_fs, "processed"),
+        "control_folder": os.path.join(_fs, "control"),
+        "store_processed": False,
+        "polling_interval": 0.1,
+    }
+else:
+    app.conf.broker_url = os.environ.get("JOURNAL_BROKER_URL", "memory://")
+app.conf.worker_hijack_root_logger = False
+app.conf.broker_connection_retry_on_startup = True
+
+JOURNAL = os.environ.get("JOURNAL_FILE", "journal.jsonl")
+TICK = float(os.environ.get("JOURNAL_TICK", "0.1"))
+
+
+def journal(event: str, ctx: celery_master.MasterContext, **extra: object) -> None:
+    line = {"event": event, "t": time.time(), "pid": os.getpid(), "lock": ctx.lock_name,
+            "epoch": ctx.epoch, "holder": ctx.holder, **extra}
+    with open(JOURNAL, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def start(ctx: celery_master.MasterContext) -> None:
+    journal("start", ctx)
+    while not ctx.stopping.wait(TICK):
+        t = time.time()  # read before the check: a True answer then proves t was in-term
+        journal("tick", ctx, is_master=ctx.is_master(), at=t)
+
+
+def stop(ctx: celery_master.MasterContext) -> None:
+    journal("stop", ctx, is_master=ctx.is_master())
+
+
+for _name in os.environ.get("JOURNAL_LOCKS", "JOB-SCHEDULER").split(","):
+    celery_master.register(app, _name, start, stop)
+
+
+@app.task
+def ping() -> str:
+    return "pong"
