@@ -39,8 +39,15 @@ TICK = float(os.environ.get("JOURNAL_TICK", "0.1"))
 
 
 def journal(event: str, ctx: celery_master.MasterContext, **extra: object) -> None:
-    line = {"event": event, "t": time.time(), "pid": os.getpid(), "lock": ctx.lock_name,
-            "epoch": ctx.epoch, "holder": ctx.holder, **extra}
+    line = {
+        "event": event,
+        "t": time.time(),
+        "pid": os.getpid(),
+        "lock": ctx.lock_name,
+        "epoch": ctx.epoch,
+        "holder": ctx.holder,
+        **extra,
+    }
     with open(JOURNAL, "a") as fh:
         fh.write(json.dumps(line) + "\n")
 

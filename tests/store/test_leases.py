@@ -1,0 +1,107 @@
+"""The lease statements against a real SQLite file and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine
+
+from celery_master.store import LeaseStore, create_lease_engine
+
+
+@pytest.fixture
+def store(db_url: str) -> LeaseStore:
+    s = LeaseStore(create_lease_engine(db_url, timeout=2.0))
+    s.ensure_schema()
+    s.ensure_rows(["A", "B", "Ünï 'quoted' \"name\"; DROP TABLE x"])
+    return s
+
+
+def test_free_leases_are_taken_at_once_and_each_acquisition_bumps_the_epoch(store: LeaseStore):
+    assert store.acquire("h1", ["A", "B"], {}, {"A": 4.0, "B": 4.0}) == {"A": 1, "B": 1}
+    assert store.acquire("h2", ["A"], {}, {"A": 4.0}) == {}, "a held lease is not free"
+    assert store.release("h1", {"A": 1}) == ["A"]
+    assert store.acquire("h2", ["A"], {}, {"A": 4.0}) == {"A": 2}
+    lease = store.read(["A"])["A"]
+    assert (lease.holder, lease.epoch, lease.ttl) == ("h2", 2, 4.0)
+
+
+def test_silent_lease_is_taken_only_at_the_seen_epoch_and_renewals(store: LeaseStore):
+    store.acquire("h1", ["A"], {}, {"A": 4.0})
+    store.renew("h1", {"A": 1})
+    seen = store.read(["A"])["A"]
+    assert seen.renewals == 1
+    store.renew("h1", {"A": 1})  # the holder is alive: the seen value is stale
+    assert store.acquire("h2", [], {"A": (seen.epoch, seen.renewals)}, {"A": 4.0}) == {}
+    now = store.read(["A"])["A"]
+    assert store.acquire("h2", [], {"A": (now.epoch, now.renewals)}, {"A": 4.0}) == {"A": 2}
+
+
+def test_renewal_fails_for_a_holder_whose_epoch_was_taken_over(store: LeaseStore):
+    store.acquire("h1", ["A", "B"], {}, {"A": 4.0, "B": 4.0})
+    store.acquire("h2", [], {"A": (1, 0)}, {"A": 4.0})
+    assert store.renew("h1", {"A": 1, "B": 1}) == {"B": (True, False)}
+    assert store.release("h1", {"A": 1}) == [], "only the holder may end its lease"
+    assert store.read(["A"])["A"].holder == "h2"
+
+
+def test_disabled_lock_is_never_acquired_and_the_holder_sees_the_flag(store: LeaseStore):
+    store.acquire("h1", ["A"], {}, {"A": 4.0})
+    store.set_enabled("A", False, "ops@host", "maintenance")
+    assert store.renew("h1", {"A": 1}) == {"A": (False, False)}
+    assert store.read(["A"])["A"].holder == "h1", "disable never clears a held lease"
+    store.release("h1", {"A": 1})
+    assert store.acquire("h2", ["A"], {}, {"A": 4.0}) == {}
+    store.set_enabled("A", True, "ops@host", None)
+    assert store.acquire("h2", ["A"], {}, {"A": 4.0}) == {"A": 2}
+
+
+def test_release_request_reaches_the_holder_through_its_renewal(store: LeaseStore):
+    assert store.request_release("A", "ops") is None, "nobody holds A yet"
+    store.acquire("h1", ["A"], {}, {"A": 4.0})
+    assert store.request_release("A", "ops") is not None
+    assert store.renew("h1", {"A": 1}) == {"A": (True, True)}
+    store.release("h1", {"A": 1})
+    assert store.acquire("h2", ["A"], {}, {"A": 4.0}) == {"A": 2}
+    assert store.read(["A"])["A"].release_requested is False
+
+
+def test_lock_names_are_data_not_sql(store: LeaseStore):
+    name = "Ünï 'quoted' \"name\"; DROP TABLE x"
+    assert store.acquire("h1", [name], {}, {name: 4.0}) == {name: 1}
+    assert store.read([name])[name].holder == "h1"
+
+
+def test_history_records_elections_in_order(store: LeaseStore):
+    store.acquire("h1", ["A"], {}, {"A": 4.0})
+    store.release("h1", {"A": 1}, "shutdown")
+    store.acquire("h2", ["A"], {}, {"A": 4.0})
+    events = [(h["event"], h["holder"]) for h in store.history("A")]
+    assert events == [("acquired", "h2"), ("released", "h1"), ("acquired", "h1")]
+
+
+def test_database_time_has_sub_second_precision(store: LeaseStore):
+    store.acquire("h1", ["A"], {}, {"A": 4.0})
+    stamps = {store.read(["A"])["A"].now for _ in range(5)}
+    assert len(stamps) > 1 and any(s % 1 for s in stamps)
+
+
+def test_fence_accepts_the_current_epoch_and_refuses_a_stale_one(store: LeaseStore, db_url: str):
+    store.acquire("h1", ["A"], {}, {"A": 4.0})
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        assert store.fence(conn, "A", 1, "h1", 1000)
+    store.acquire("h2", [], {"A": (1, 0)}, {"A": 4.0})
+    with engine.begin() as conn:
+        assert not store.fence(conn, "A", 1, "h1", 1000)
+        assert store.fence(conn, "A", 2, "h2", 1000)
+    engine.dispose()
+
+
+def test_schema_newer_than_the_code_is_refused(store: LeaseStore):
+    from celery_master.errors import ConfigurationError
+    from celery_master.store.leases import META
+
+    with store.engine.begin() as conn:
+        conn.execute(META.update().values(value="99"))
+    with pytest.raises(ConfigurationError, match="schema version 99"):
+        store.ensure_schema()

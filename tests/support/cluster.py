@@ -1,0 +1,237 @@
+"""Real ``celery worker`` processes of tests/apps/journal_app.py, and their journal.
+
+Workers boot in turn (each waits for the previous one's "ready"): kombu's
+filesystem transport writes its exchange files without a lock, and workers
+booting at the same instant can read an empty file and die.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["Cluster", "Journal", "wait_for"]
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    """Poll ``cond`` until it returns something truthy; fail naming ``what``."""
+    end = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(step)
+
+
+@dataclass
+class Worker:
+    name: str
+    proc: subprocess.Popen  # type: ignore[type-arg]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class Journal:
+    """Reads the JSON lines written by the journal app's master job."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def events(self, kind: str | None = None, lock: str | None = None) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line being written
+            if (kind is None or ev["event"] == kind) and (lock is None or ev["lock"] == lock):
+                out.append(ev)
+        return out
+
+    def starts(self, lock: str | None = None) -> list[dict[str, Any]]:
+        return self.events("start", lock)
+
+    def terms(
+        self, lock: str, ends: dict[int, float] | None = None
+    ) -> list[tuple[float, float, int]]:
+        """(start, end, pid) of every term; ``ends`` gives the end of killed pids."""
+        ends = ends or {}
+        stops = {(e["pid"], e["epoch"]): e["t"] for e in self.events("stop", lock)}
+        out = []
+        for s in self.starts(lock):
+            end = stops.get((s["pid"], s["epoch"]), ends.get(s["pid"], float("inf")))
+            out.append((s["t"], end, s["pid"]))
+        return sorted(out)
+
+    def assert_no_overlap(self, lock: str, ends: dict[int, float] | None = None) -> None:
+        terms = self.terms(lock, ends)
+        for (s1, e1, p1), (s2, _e2, p2) in zip(terms, terms[1:]):
+            assert e1 <= s2, (
+                f"terms overlap on {lock}: pid {p1} [{s1}, {e1}] and pid {p2} from {s2}"
+            )
+
+    def assert_no_stale_tick(self, lock: str) -> None:
+        """No tick that claimed mastership is dated after a newer epoch's start."""
+        starts = {s["epoch"]: s["t"] for s in self.starts(lock)}
+        for tick in self.events("tick", lock):
+            if not tick["is_master"]:
+                continue
+            newer = [t for ep, t in starts.items() if ep > tick["epoch"]]
+            assert not newer or tick["at"] < min(newer), f"stale tick claimed mastership: {tick}"
+
+
+@dataclass
+class Cluster:
+    """Boots and signals journal-app workers; everything is killed at ``close()``."""
+
+    dir: Path
+    env: dict[str, str]
+    workers: list[Worker] = field(default_factory=list)
+    counter: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        tmp: Path,
+        database_url: str,
+        broker_url: str | None = None,
+        locks: str = "JOB-SCHEDULER",
+        **settings: float,
+    ) -> Cluster:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_MASTER_")}
+        env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "JOURNAL_FILE": str(tmp / "journal.jsonl"),
+                "JOURNAL_LOCKS": locks,
+                "CELERY_MASTER_DATABASE_URL": database_url,
+            }
+        )
+        if broker_url:
+            env["JOURNAL_BROKER_URL"] = broker_url
+        else:
+            env["JOURNAL_FS_DIR"] = str(tmp / "broker")
+        for key, value in settings.items():
+            env[f"CELERY_MASTER_{key.upper()}"] = str(value)
+        return cls(tmp, env)
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(Path(self.env["JOURNAL_FILE"]))
+
+    def setting(self, name: str, default: float) -> float:
+        return float(self.env.get(f"CELERY_MASTER_{name.upper()}", default))
+
+    @property
+    def ttl(self) -> float:
+        hb = self.setting("heartbeat_interval", 1.0)
+        return hb * (self.setting("max_heartbeat_retry_count", 3) + 1)
+
+    def start_worker(self, name: str | None = None, wait_ready: bool = True) -> Worker:
+        self.counter += 1
+        name = name or f"w{self.counter}"
+        log = self.dir / f"{name}-{self.counter}.log"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.apps.journal_app",
+                "worker",
+                "-P",
+                "solo",
+                "-n",
+                f"{name}@%h",
+                "-l",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=self.dir,
+            env=self.env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        worker = Worker(name, proc, log)
+        self.workers.append(worker)
+        if wait_ready:
+            wait_for(
+                lambda: "ready." in worker.log_text() or not worker.alive(),
+                60,
+                f"{name} to be ready",
+            )
+            assert worker.alive(), f"{name} died at boot:\n{worker.log_text()[-3000:]}"
+        return worker
+
+    def start_workers(self, n: int) -> list[Worker]:
+        return [self.start_worker() for _ in range(n)]
+
+    def master_pid(self, lock: str = "JOB-SCHEDULER") -> int | None:
+        """Pid of the current master per the journal (last start without a stop)."""
+        live = {w.pid for w in self.workers if w.alive()}
+        stopped = {(e["pid"], e["epoch"]) for e in self.journal.events("stop", lock)}
+        for s in reversed(self.journal.starts(lock)):
+            if (s["pid"], s["epoch"]) not in stopped and s["pid"] in live:
+                return int(s["pid"])
+        return None
+
+    def worker(self, pid: int) -> Worker:
+        return next(w for w in self.workers if w.pid == pid)
+
+    def signal(self, pid: int, sig: signal.Signals) -> float:
+        t = time.time()
+        os.kill(pid, sig)
+        return t
+
+    def wait_new_start(
+        self,
+        after: float,
+        timeout: float,
+        lock: str = "JOB-SCHEDULER",
+        exclude_pid: int | None = None,
+    ) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            for s in self.journal.starts(lock):
+                if s["t"] > after and s["pid"] != exclude_pid:
+                    return s
+            return None
+
+        return wait_for(found, timeout, f"a new master of {lock}")
+
+    def close(self) -> None:
+        for w in self.workers:
+            if w.alive():
+                try:
+                    os.kill(w.pid, signal.SIGCONT)
+                    w.proc.kill()
+                except ProcessLookupError:
+                    pass
+        for w in self.workers:
+            try:
+                w.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
