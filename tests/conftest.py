@@ -1,7 +1,8 @@
-"""Real servers for the suite: one PostgreSQL and one Redis per session, a fresh database per test."""
+"""Real servers for the suite: one PostgreSQL and one Redis per session, a database per test."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,10 +28,9 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     janitor = pg_server.janitor(name)
     janitor.init()
     yield pg_server.url(name)
-    try:
+    # connections of killed workers may linger a moment; the server dies with the session anyway
+    with contextlib.suppress(Exception):
         janitor.drop()
-    except Exception:  # connections of killed workers may linger a moment; the server dies anyway
-        pass
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ booting at the same instant can read an empty file and die.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -87,7 +88,7 @@ class Journal:
 
     def assert_no_overlap(self, lock: str, ends: dict[int, float] | None = None) -> None:
         terms = self.terms(lock, ends)
-        for (s1, e1, p1), (s2, _e2, p2) in zip(terms, terms[1:]):
+        for (s1, e1, p1), (s2, _e2, p2) in zip(terms, terms[1:], strict=False):
             assert e1 <= s2, (
                 f"terms overlap on {lock}: pid {p1} [{s1}, {e1}] and pid {p2} from {s2}"
             )
@@ -231,7 +232,5 @@ class Cluster:
                 except ProcessLookupError:
                     pass
         for w in self.workers:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 w.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass

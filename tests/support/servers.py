@@ -6,6 +6,7 @@ user in a folder that user owns; as anyone else it runs as that user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -115,10 +116,8 @@ class PgServer:
         )
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
