@@ -77,12 +77,14 @@ class Journal:
     def terms(
         self, lock: str, ends: dict[int, float] | None = None
     ) -> list[tuple[float, float, int]]:
-        """(start, end, pid) of every term; ``ends`` gives the end of killed pids."""
+        """(start, end, pid) of every term; ``ends`` ends the terms of killed or paused pids."""
         ends = ends or {}
         stops = {(e["pid"], e["epoch"]): e["t"] for e in self.events("stop", lock)}
         out = []
         for s in self.starts(lock):
-            end = stops.get((s["pid"], s["epoch"]), ends.get(s["pid"], float("inf")))
+            end = min(
+                stops.get((s["pid"], s["epoch"]), float("inf")), ends.get(s["pid"], float("inf"))
+            )
             out.append((s["t"], end, s["pid"]))
         return sorted(out)
 
