@@ -1,4 +1,4 @@
-"""Example app on the embedded default: `celery -A examples.app worker -P solo -n w1@%h`, several times.
+"""Example app, embedded default: `celery -A examples.app worker -P solo -n w1@%h`, several times.
 
 Every worker joins the election for HEARTBEAT; exactly one sends the
 "application is up" heartbeat; kill it and another takes over.

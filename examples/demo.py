@@ -1,4 +1,4 @@
-"""Run a 3-worker cluster of examples/app.py, kill its master, hand over, stop: `python examples/demo.py`.
+"""3 workers of examples/app.py: kill the master, hand over, stop. Run: `python examples/demo.py`.
 
 Embedded default only (SQLite leases, filesystem broker): no server needed.
 Workers boot in turn, because kombu's filesystem transport writes its exchange
