@@ -14,6 +14,7 @@ from celery import bootsteps, signals
 
 from . import control  # noqa: F401  (registers the remote-control commands)
 from .elector import Elector
+from .events import RoleEvents
 from .holder import Holder
 from .registry import jobs_of
 from .settings import resolve_database_url, resolve_job_settings
@@ -35,6 +36,7 @@ class MasterStep(bootsteps.StartStopStep):
         self.elector: Elector | None = None
         self.hostname: str | None = None
         self.app: Any = None
+        self.events: Any = None
         self._hints: list[threading.Thread] = []
         super().__init__(worker, **kwargs)
 
@@ -48,7 +50,16 @@ class MasterStep(bootsteps.StartStopStep):
         finest = min(s.heartbeat_interval for _, s in pairs)
         store = LeaseStore(create_lease_engine(url, timeout=finest))
         self.hostname, self.app = worker.hostname, app
-        self.elector = Elector(store, pairs, Holder.for_node(worker.hostname), self._send_hint)
+        self._drop_pidbox_backlog()
+        self.events = RoleEvents(app, worker.hostname)
+        self.events.start()
+        self.elector = Elector(
+            store,
+            pairs,
+            Holder.for_node(worker.hostname),
+            self._send_hint,
+            on_role_change=self.events,
+        )
         worker.master_elector = self.elector
         signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
         path = sqlite_path(url)
@@ -67,6 +78,7 @@ class MasterStep(bootsteps.StartStopStep):
             self.elector.stop()
             for thread in self._hints:
                 thread.join(2.0)
+            self.events.stop()
             self.elector = None
 
     terminate = stop
@@ -75,7 +87,21 @@ class MasterStep(bootsteps.StartStopStep):
         elector = worker.master_elector
         if elector is None:
             return {}
-        return {"master": elector.snapshot()}
+        return {"master": {"database": elector.describe_database(), **elector.snapshot()}}
+
+    def _drop_pidbox_backlog(self) -> None:
+        """Forget broadcasts queued while this node name was down (kombu's filesystem
+        transport replays them): they are ephemeral in Celery's model, and the state
+        they set is in SQL already."""
+        name = f"{self.hostname}.{self.app.conf.control_exchange}.pidbox"
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1)
+                dropped = conn.default_channel.queue_purge(name)
+            if dropped:
+                logger.info("celery-master: dropped %d stale broadcast(s) for %s", dropped, name)
+        except Exception as exc:  # the queue may not exist yet; the broker may be down
+            logger.debug("celery-master: no pidbox backlog dropped (%s)", exc)
 
     def _on_shutting_down(self, sender: Any = None, **kwargs: Any) -> None:
         """Sent from the SIGTERM handler: start the hand-over now, not 2-4 s later."""

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ class _Lock:
     holder_seen: str | None = None
     since: float = field(default_factory=time.time)
     last_error: str | None = None
+    stop_reason: str | None = None
 
     @property
     def name(self) -> str:
@@ -89,12 +91,15 @@ class Elector:
         holder: Holder,
         notify: Callable[[list[str]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_role_change: Callable[[str, Role, int, str], None] | None = None,
     ) -> None:
         self.store = store
         self.holder = holder
         self.holder_id = str(holder)
         self.notify = notify
         self.clock = clock
+        self.on_role_change = on_role_change
+        self._control: ThreadPoolExecutor | None = None
         self.locks = {job.lock_name: _Lock(job, settings) for job, settings in jobs}
         if not self.locks:
             raise ConfigurationError("an elector needs at least one registered master job")
@@ -125,8 +130,14 @@ class Elector:
         for name in self.locks if lock_names is None else lock_names:
             lk = self.locks.get(name)
             if lk is not None:
-                lk.next_check = 0.0
+                lk.next_check = lk.next_renew = 0.0  # a disable or release is seen at once
         self._wake.set()
+
+    def submit(self, fn: Callable[[LeaseStore], Any]) -> Future[Any]:
+        """Run ``fn(store)`` off Celery's main loop; the caller waits on the future, bounded."""
+        if self._control is None:
+            self._control = ThreadPoolExecutor(1, thread_name_prefix="celery-master-control")
+        return self._control.submit(fn, self.store)
 
     def begin_handover(self) -> None:
         """Stop every job and free every lease; called at SIGTERM, before Celery's own stop."""
@@ -145,6 +156,8 @@ class Elector:
                 logger.warning("celery-master: hand-over did not finish within %.1fs", timeout)
         self._closed.set()
         self._wake.set()
+        if self._control is not None:
+            self._control.shutdown(wait=False, cancel_futures=True)
 
     def roles(self) -> dict[str, Role]:
         return {name: lk.role for name, lk in self.locks.items()}
@@ -379,6 +392,7 @@ class Elector:
         for lk in self.locks.values():
             if lk.runner is not None and lk.runner.stopped.is_set():
                 runner, lk.runner = lk.runner, None
+                lk.stop_reason = runner.reason
                 if runner.failed:
                     lk.start_failures += 1
                     lk.last_error = "start() raised"
@@ -394,7 +408,8 @@ class Elector:
         if not held:
             return
         try:
-            freed = self.store.release(self.holder_id, held)
+            why = {n: self.locks[n].stop_reason or "" for n in held}
+            freed = self.store.release(self.holder_id, held, why)
         except SQLAlchemyError as exc:
             self._db_failed(exc)
             return
@@ -415,6 +430,14 @@ class Elector:
         self._free_stopped()
 
     # -- helpers ---------------------------------------------------------------
+    def _role_changed(self, lk: _Lock, role: Role, epoch: int, reason: str) -> None:
+        if self.on_role_change is None:
+            return
+        try:
+            self.on_role_change(lk.name, role, epoch, reason)
+        except Exception:
+            logger.exception("celery-master: role-change callback failed")
+
     def _fence(self, connection: Any, ctx: MasterContext) -> bool:
         hold_ms = int(self.locks[ctx.lock_name].settings.heartbeat_interval * 1000)
         return self.store.fence(connection, ctx.lock_name, ctx.epoch, ctx.holder, hold_ms)

@@ -189,7 +189,9 @@ class LeaseStore:
         with self.engine.begin() as conn:
             return {r.lock_name: (r.enabled, r.release_requested) for r in conn.execute(stmt)}
 
-    def release(self, holder: str, held: Mapping[str, int], detail: str = "") -> list[str]:
+    def release(
+        self, holder: str, held: Mapping[str, int], details: Mapping[str, str] | None = None
+    ) -> list[str]:
         """Free the leases still held at their epoch; returns the names freed."""
         if not held:
             return []
@@ -205,33 +207,64 @@ class LeaseStore:
         with self.engine.begin() as conn:
             freed = [r.lock_name for r in conn.execute(stmt)]
             if freed:
-                self._record(conn, [(n, "released", holder, held[n], detail) for n in freed])
+                why = details or {}
+                self._record(conn, [(n, "released", holder, held[n], why.get(n)) for n in freed])
             return freed
 
     # -- operator actions (never end a held lease: they set flags) -------------
-    def set_enabled(self, lock_name: str, enabled: bool, who: str, reason: str | None) -> Lease:
+    def _not_stale(self, issued_at: float | None) -> ColumnElement[bool]:
+        """A command issued before the lock's last change must not undo that change."""
+        if issued_at is None:
+            return true()
+        return or_(LEASE.c.changed_at.is_(None), LEASE.c.changed_at <= issued_at)
+
+    def set_enabled(
+        self,
+        lock_name: str,
+        enabled: bool,
+        who: str,
+        reason: str | None,
+        issued_at: float | None = None,
+    ) -> tuple[bool, Lease]:
+        """Persist enabled/disabled; returns (changed, lease). Idempotent across workers."""
         self.ensure_rows([lock_name])
         with self.engine.begin() as conn:
-            conn.execute(
+            changed = conn.execute(
                 LEASE.update()
-                .where(LEASE.c.lock_name == lock_name)
+                .where(
+                    LEASE.c.lock_name == lock_name,
+                    LEASE.c.enabled == (not enabled),
+                    self._not_stale(issued_at),
+                )
                 .values(enabled=enabled, changed_at=self.now, changed_by=who, reason=reason)
-            )
-            event = "enabled" if enabled else "disabled"
-            self._record(conn, [(lock_name, event, who, None, reason)])
-        return self.read([lock_name])[lock_name]
+            ).rowcount
+            if changed:
+                event = "enabled" if enabled else "disabled"
+                self._record(conn, [(lock_name, event, who, None, reason)])
+        return bool(changed), self.read([lock_name])[lock_name]
 
-    def request_release(self, lock_name: str, who: str) -> Lease | None:
-        """Ask the holder to step down; returns the lease, or None if nobody holds it."""
+    def request_release(
+        self, lock_name: str, who: str, issued_at: float | None = None
+    ) -> tuple[bool, Lease | None]:
+        """Ask the holder to step down; returns (requested, lease)."""
         with self.engine.begin() as conn:
-            hit = conn.execute(
+            changed = conn.execute(
                 LEASE.update()
-                .where(LEASE.c.lock_name == lock_name, LEASE.c.holder.is_not(None))
+                .where(
+                    LEASE.c.lock_name == lock_name,
+                    LEASE.c.holder.is_not(None),
+                    LEASE.c.release_requested == false(),
+                    self._not_stale(issued_at),
+                )
                 .values(release_requested=true(), changed_at=self.now, changed_by=who)
             ).rowcount
-            if hit:
+            if changed:
                 self._record(conn, [(lock_name, "release-requested", who, None, None)])
-        return self.read([lock_name]).get(lock_name) if hit else None
+        return bool(changed), self.read([lock_name]).get(lock_name)
+
+    def db_time(self) -> float:
+        with self.engine.connect() as conn:
+            return float(conn.execute(select(self.now)).scalar_one())
 
     def history(self, lock_name: str, limit: int = 50) -> list[dict[str, object]]:
         stmt = (

@@ -56,9 +56,10 @@ def test_disabled_lock_is_never_acquired_and_the_holder_sees_the_flag(store: Lea
 
 
 def test_release_request_reaches_the_holder_through_its_renewal(store: LeaseStore):
-    assert store.request_release("A", "ops") is None, "nobody holds A yet"
+    assert store.request_release("A", "ops")[0] is False, "nobody holds A"
     store.acquire("h1", ["A"], {}, {"A": 4.0})
-    assert store.request_release("A", "ops") is not None
+    assert store.request_release("A", "ops")[0]
+    assert not store.request_release("A", "ops")[0], "asked once is enough"
     assert store.renew("h1", {"A": 1}) == {"A": (True, True)}
     store.release("h1", {"A": 1})
     assert store.acquire("h2", ["A"], {}, {"A": 4.0}) == {"A": 2}
@@ -73,10 +74,22 @@ def test_lock_names_are_data_not_sql(store: LeaseStore):
 
 def test_history_records_elections_in_order(store: LeaseStore):
     store.acquire("h1", ["A"], {}, {"A": 4.0})
-    store.release("h1", {"A": 1}, "shutdown")
+    store.release("h1", {"A": 1}, {"A": "shutdown"})
     store.acquire("h2", ["A"], {}, {"A": 4.0})
     events = [(h["event"], h["holder"]) for h in store.history("A")]
     assert events == [("acquired", "h2"), ("released", "h1"), ("acquired", "h1")]
+    assert store.history("A")[1]["detail"] == "shutdown"
+
+
+def test_enable_and_disable_are_idempotent_and_stale_commands_are_ignored(store: LeaseStore):
+    issued = store.db_time()
+    assert store.set_enabled("A", False, "ops", "maintenance", issued_at=issued)[0]
+    assert not store.set_enabled("A", False, "ops2", "again")[0], "already disabled"
+    assert store.set_enabled("A", True, "ops", None)[0]
+    changed, lease = store.set_enabled("A", False, "replay", "old", issued_at=issued)
+    assert not changed and lease.enabled, "a replayed disable must not undo a later enable"
+    assert [h["event"] for h in store.history("A")] == ["enabled", "disabled"]
+    assert store.set_enabled("NEW", False, "ops", "before any worker")[1].enabled is False
 
 
 def test_database_time_has_sub_second_precision(store: LeaseStore):

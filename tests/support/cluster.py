@@ -193,6 +193,17 @@ class Cluster:
     def start_workers(self, n: int) -> list[Worker]:
         return [self.start_worker() for _ in range(n)]
 
+    def celery(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the ``celery`` program against this cluster's app, as an operator would."""
+        return subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tests.apps.journal_app", *args],
+            cwd=self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
     def master_pid(self, lock: str = "JOB-SCHEDULER") -> int | None:
         """Pid of the current master per the journal (last start without a stop)."""
         live = {w.pid for w in self.workers if w.alive()}

@@ -1,0 +1,157 @@
+"""The control plane with real workers: remote control, the ``celery master`` CLI, stats."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.support.cluster import wait_for
+
+LOCK = "JOB-SCHEDULER"
+TIMING = {
+    "init_delay": 0.2,
+    "check_interval": 30,
+    "heartbeat_interval": 0.5,
+    "max_heartbeat_retry_count": 2,
+}  # a 30 s check interval: only hints make it fast
+
+
+def replies(result) -> dict:
+    """{node: reply} from ``celery control|inspect --json`` output."""
+    assert result.returncode == 0, result.stderr
+    merged: dict = {}
+    for line in result.stdout.splitlines():
+        if line.startswith(("{", "[")):
+            data = json.loads(line)  # control prints a list of {node: reply}, inspect a dict
+            for item in data if isinstance(data, list) else [data]:
+                merged.update(item)
+    return merged
+
+
+def no_master_for(cluster, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert cluster.master_pid() is None, "a worker became master while disabled"
+        time.sleep(0.1)
+
+
+def test_disable_stops_the_master_everywhere_across_restarts_until_enable(make_cluster, pg_url):
+    cluster = make_cluster(pg_url, **TIMING)
+    cluster.start_workers(2)
+    first = wait_for(cluster.master_pid, 15, "a first master")
+    out = replies(
+        cluster.celery("control", "--json", "mastercontrol", "disable", LOCK, "maintenance window")
+    )
+    assert any(r.get("ok", {}).get("by_this_call") for r in out.values()), out
+    wait_for(lambda: cluster.master_pid() is None, 10, "the master to stop")
+    stop = [e for e in cluster.journal.events("stop", LOCK) if e["pid"] == first]
+    assert stop and stop[0]["is_master"] is False
+    for w in list(cluster.workers):  # restart every worker
+        w.proc.send_signal(signal.SIGTERM)
+        w.proc.wait(30)
+    cluster.start_workers(2)
+    no_master_for(cluster, cluster.ttl + 2)
+    status = json.loads(cluster.celery("master", "status", "--json").stdout)
+    assert status[0]["enabled"] is False and status[0]["reason"] == "maintenance window"
+    enabled_at = time.time()
+    out = replies(cluster.celery("control", "--json", "mastercontrol", "enable", LOCK))
+    assert all("ok" in r for r in out.values()), out
+    new = cluster.wait_new_start(enabled_at, 10)
+    assert new["t"] - enabled_at < 5, "enable must wake the standbys, not wait 30 s"
+    events = [
+        h["event"] for h in json.loads(cluster.celery("master", "history", LOCK, "--json").stdout)
+    ]
+    assert events[:2] == ["acquired", "enabled"] and "disabled" in events
+
+
+def test_release_hands_over_to_another_worker_which_keeps_it(make_cluster, sqlite_url):
+    cluster = make_cluster(sqlite_url, **TIMING)
+    cluster.start_workers(3)
+    first = wait_for(cluster.master_pid, 15, "a first master")
+    asked = time.time()
+    result = cluster.celery("master", "release", LOCK)
+    assert result.returncode == 0 and "release requested from w" in result.stdout
+    new = cluster.wait_new_start(asked, 10, exclude_pid=first)
+    assert new["t"] - asked < 5
+    time.sleep(cluster.ttl * 2)
+    assert cluster.master_pid() == new["pid"], "the leaving worker grabbed the lease back"
+    cluster.journal.assert_no_overlap(LOCK)
+    assert cluster.worker(first).alive()
+
+
+def test_inspect_master_status_and_stats_show_each_workers_view(make_cluster, pg_url):
+    cluster = make_cluster(pg_url, **TIMING)
+    cluster.start_workers(2)
+    master_pid = wait_for(cluster.master_pid, 15, "a master")
+    time.sleep(0.5)
+    view = replies(cluster.celery("inspect", "--json", "master_status"))
+    roles = sorted(r["ok"][LOCK]["role"] for r in view.values())
+    assert roles == ["master", "standby"]
+    one = replies(cluster.celery("inspect", "--json", "master_status", LOCK))
+    assert len(one) == 2 and all(LOCK in r["ok"] for r in one.values())
+    stats = replies(cluster.celery("inspect", "--json", "stats"))
+    fields = [s["master"] for s in stats.values()]
+    assert all("secret-pw" not in json.dumps(f) for f in fields)
+    assert all(f["database"].startswith("postgresql+psycopg2://postgres:***@") for f in fields)
+    master_field = next(f for f in fields if f[LOCK]["role"] == "master")
+    assert master_field[LOCK]["epoch"] == 1
+    node = cluster.worker(master_pid).name
+    assert master_field[LOCK]["holder"].startswith(node + "@")
+
+
+@pytest.mark.parametrize(
+    ("words", "error"),
+    [
+        (["frobnicate", LOCK], "unknown action 'frobnicate'"),
+        (["enable", "NO-SUCH-LOCK"], "unknown lock name 'NO-SUCH-LOCK': known are"),
+        (["release", "NO-SUCH-LOCK"], "unknown lock name"),
+        (["disable", LOCK, "x" * 501], "at most 500"),
+        (["disable", " padded"], "leading/trailing spaces"),
+        (["status", "NO-SUCH-LOCK"], "unknown lock name"),
+    ],
+)
+def test_bad_commands_get_one_clear_error_and_change_nothing(
+    make_cluster, sqlite_url, words, error
+):
+    cluster = make_cluster(sqlite_url, **TIMING)
+    cluster.start_workers(1)
+    pid = wait_for(cluster.master_pid, 15, "a master")
+    out = replies(cluster.celery("control", "--json", "mastercontrol", *words))
+    (reply,) = out.values()
+    assert error in reply["error"]
+    time.sleep(0.5)
+    assert cluster.master_pid() == pid and cluster.worker(pid).alive()
+
+
+def test_disable_of_a_lock_no_worker_registered_is_persisted_with_a_warning(
+    make_cluster, sqlite_url
+):
+    cluster = make_cluster(sqlite_url, **TIMING)
+    cluster.start_workers(1)
+    wait_for(cluster.master_pid, 15, "a master")
+    out = replies(cluster.celery("control", "--json", "mastercontrol", "disable", "FUTURE-JOB"))
+    (reply,) = out.values()
+    assert reply["ok"]["enabled"] is False and "persisted" in reply["ok"]["warning"]
+    status = json.loads(cluster.celery("master", "status", "FUTURE-JOB", "--json").stdout)
+    assert status[0]["enabled"] is False
+
+
+def test_cli_works_with_no_worker_and_never_shows_the_password(make_cluster, pg_url):
+    cluster = make_cluster(pg_url, **TIMING)
+    disabled = cluster.celery("master", "disable", LOCK, "--reason", "not yet")
+    assert disabled.returncode == 0 and f"{LOCK}: disabled" in disabled.stdout
+    status = cluster.celery("master", "status")
+    assert status.returncode == 0 and "postgres:***@" in status.stdout
+    assert "secret-pw" not in status.stdout + status.stderr + disabled.stderr
+    assert "not yet" in status.stdout
+    bad = cluster.celery("master", "release", LOCK)
+    assert bad.returncode != 0 and "has no master to release" in bad.stderr
+    cluster.env["CELERY_MASTER_DATABASE_URL"] = "postgresql+psycopg2://u:hunter2@127.0.0.1:1/x"
+    down = cluster.celery("master", "status")
+    assert down.returncode != 0 and "unreachable" in down.stderr and "hunter2" not in down.stderr
+    cluster.env["CELERY_MASTER_DATABASE_URL"] = "mysql://u:hunter2@h/x"
+    wrong = cluster.celery("master", "status")
+    assert "does not support" in wrong.stderr and "hunter2" not in wrong.stderr
