@@ -370,6 +370,7 @@ class Elector:
                 epoch,
             )
             lk.runner.start()
+            self._role_changed(lk, Role.MASTER, epoch, "elected")
 
     def _step_down(self, lk: _Lock, reason: str) -> None:
         runner = lk.runner
@@ -385,6 +386,7 @@ class Elector:
             reason,
         )
         self._wake.set()
+        self._role_changed(lk, lk.role, runner.ctx.epoch, reason)
 
     def _free_stopped(self) -> None:
         """Release the leases of jobs that have stopped (one statement), then send a hint."""

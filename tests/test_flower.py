@@ -1,0 +1,134 @@
+"""Flower and event consumers see celery-master: a real Flower process, a real event receiver."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from celery import Celery
+
+from tests.support.cluster import wait_for
+from tests.support.servers import free_port
+
+LOCK = "JOB-SCHEDULER"
+TIMING = {
+    "init_delay": 0.2,
+    "check_interval": 0.5,
+    "heartbeat_interval": 0.5,
+    "max_heartbeat_retry_count": 2,
+}
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback only)
+        return resp.read().decode()
+
+
+def test_flower_shows_the_master_field_and_survives_master_events(
+    make_cluster, pg_url, redis_server
+):
+    cluster = make_cluster(pg_url, broker_url=redis_server.url, **TIMING)
+    cluster.start_workers(2)
+    master_pid = wait_for(cluster.master_pid, 15, "a master")
+    port = free_port()
+    env = {**cluster.env, "FLOWER_UNAUTHENTICATED_API": "true"}
+    flower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.apps.journal_app",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        cwd=cluster.dir,
+        env=env,
+        stdout=(cluster.dir / "flower.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def workers_with_field():
+            try:
+                data = json.loads(get(f"{base}/api/workers?refresh=1"))
+            except OSError:
+                return None
+            found = {
+                n: w["stats"]["master"]
+                for n, w in data.items()
+                if isinstance(w, dict) and "master" in w.get("stats", {})
+            }
+            return found if len(found) == 2 else None
+
+        fields = wait_for(workers_with_field, 60, "Flower's /api/workers to show the field", 0.5)
+        roles = sorted(f[LOCK]["role"] for f in fields.values())
+        assert roles == ["master", "standby"]
+        assert all("secret-pw" not in json.dumps(f) for f in fields.values())
+        node = next(n for n, f in fields.items() if f[LOCK]["role"] == "master")
+        page = get(f"{base}/worker/{node}")
+        assert LOCK in page and "master" in page, "the worker page's Other tab shows the field"
+
+        # a hand-over sends worker-master-* events; Flower must take them in its stride
+        cluster.signal(master_pid, signal.SIGTERM)
+        cluster.wait_new_start(time.time() - 1, 15, exclude_pid=master_pid)
+        time.sleep(1)
+        assert flower.poll() is None, (cluster.dir / "flower.log").read_text()[-2000:]
+        assert json.loads(get(f"{base}/api/workers?refresh=1"))
+        log = (cluster.dir / "flower.log").read_text()
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        flower.send_signal(signal.SIGTERM)
+        flower.wait(20)
+
+
+def test_role_changes_reach_event_consumers(make_cluster, pg_url, redis_server):
+    cluster = make_cluster(pg_url, broker_url=redis_server.url, **TIMING)
+    seen: list[dict] = []
+    app = Celery(broker=redis_server.url)
+    ready, done = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        with app.connection() as conn:
+            recv = app.events.Receiver(
+                conn,
+                handlers={
+                    "worker-master-elected": seen.append,
+                    "worker-master-stepped-down": seen.append,
+                },
+            )
+            ready.set()
+            while not done.is_set():
+                try:
+                    recv.capture(limit=None, timeout=0.5, wakeup=False)
+                except (TimeoutError, OSError):
+                    continue
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert ready.wait(10)
+    time.sleep(0.5)
+    cluster.start_workers(2)
+    first = wait_for(cluster.master_pid, 15, "a master")
+    cluster.signal(first, signal.SIGTERM)
+    wait_for(
+        lambda: len([e for e in seen if e["type"] == "worker-master-elected"]) >= 2,
+        20,
+        "two elected events",
+    )
+    down = wait_for(
+        lambda: [e for e in seen if e["type"] == "worker-master-stepped-down"],
+        10,
+        "a stepped-down event",
+    )
+    assert down[0]["lock_name"] == LOCK and down[0]["reason"] == "worker shutting down"
+    assert {e["epoch"] for e in seen if e["type"] == "worker-master-elected"} == {1, 2}
+    done.set()
+    listener.join(10)
