@@ -39,7 +39,7 @@ from .store.leases import LeaseStore
 __all__ = ["Elector", "Role"]
 
 logger = logging.getLogger("celery_master")
-MAX_BACKOFF = 5.0
+MAX_BACKOFF = 2.0  # a standby polling a dead database costs little; recovery is fast
 
 
 class Role(str, enum.Enum):

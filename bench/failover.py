@@ -1,0 +1,188 @@
+"""Crash, graceful and database-outage failover times with real workers: `python bench/failover.py`.
+
+For each lease database (SQLite file, PostgreSQL) and each number of lock
+names, runs a 3-worker cluster (solo pool, filesystem broker, default timing:
+heartbeat 1 s x 3 retries -> ttl 4 s, check 1 s) and repeats:
+
+* crash:    kill -9 of the master -> each lock name's next start() (wall time
+            from the kill; bound ttl + check_interval + a round trip ~ 5 s)
+* graceful: SIGTERM of the master -> from its stop() to the next start()
+* outage:   (PostgreSQL) the server stopped for a ttl under the master -> from
+            the server's restart to the next start() of every lock name;
+            outage-stop: from the server's stop to the master's stop() (must
+            stay below the ttl: the job ends before its lease could expire)
+
+Prints one table (median, min, max) and writes a timeline PNG with --png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.cluster import Cluster, wait_for  # noqa: E402
+from tests.support.servers import PgServer  # noqa: E402
+
+DEFAULTS = {
+    "init_delay": 1.0,
+    "check_interval": 1.0,
+    "heartbeat_interval": 1.0,
+    "max_heartbeat_retry_count": 3,
+}
+
+
+def lock_names(n: int) -> list[str]:
+    return ["JOB-SCHEDULER"] if n == 1 else [f"LOCK-{i:02d}" for i in range(n)]
+
+
+def holder_of(cluster: Cluster, names: list[str]) -> int:
+    pids = [cluster.master_pid(n) for n in names]
+    return max(set(pids), key=pids.count)  # the worker holding most names
+
+
+def next_starts(cluster: Cluster, names: list[str], after: float, timeout: float) -> list[float]:
+    def found() -> list[float] | None:
+        times = []
+        for name in names:
+            later = [s["t"] for s in cluster.journal.starts(name) if s["t"] > after]
+            if not later:
+                return None
+            times.append(min(later))
+        return times
+
+    return wait_for(found, timeout, "every lock name to have a new master", 0.02)
+
+
+def run(
+    db: str,
+    n_locks: int,
+    repeats: int,
+    scenarios: list[str],
+    tmp: Path,
+    marks: list[tuple[str, str, float, float]],
+) -> dict[str, list[float]]:
+    server = PgServer() if db == "postgresql" else None
+    url = server.url() if server else f"sqlite:///{tmp / f'{db}-{n_locks}.sqlite3'}"
+    names = lock_names(n_locks)
+    sub = tmp / f"{db}-{n_locks}"
+    sub.mkdir()
+    cluster = Cluster.create(sub, url, locks=",".join(names), **DEFAULTS)
+    cluster.env["JOURNAL_TICK"] = "1.0"
+    results: dict[str, list[float]] = {s: [] for s in scenarios}
+    killed: dict[int, float] = {}
+    try:
+        cluster.start_workers(3)
+        wait_for(lambda: all(cluster.master_pid(n) for n in names), 30, "masters", 0.05)
+        for scenario in scenarios:
+            if scenario == "outage" and server is None:
+                continue
+            for _ in range(repeats):
+                time.sleep(1.5)  # a few renewals: a steady state
+                pid = holder_of(cluster, names)
+                mine = [n for n in names if cluster.master_pid(n) == pid]
+                if scenario == "crash":
+                    at = cluster.signal(pid, signal.SIGKILL)
+                    starts = next_starts(cluster, mine, at, 60)
+                    results[scenario] += [t - at for t in starts]
+                elif scenario == "graceful":
+                    at = cluster.signal(pid, signal.SIGTERM)
+                    starts = next_starts(cluster, mine, at, 60)
+                    stops = {
+                        e["lock"]: e["t"] for e in cluster.journal.events("stop") if e["pid"] == pid
+                    }
+                    results[scenario] += [t - stops[n] for n, t in zip(mine, starts, strict=True)]
+                else:
+                    assert server is not None
+                    down = time.time()
+                    server.stop()
+                    time.sleep(cluster.ttl)  # long enough that every master must stop
+                    stops = [e["t"] - down for e in cluster.journal.events("stop") if e["t"] > down]
+                    results.setdefault("outage-stop", []).extend(stops)
+                    server.start()
+                    at = time.time()
+                    starts = next_starts(cluster, names, at, 60)
+                    results[scenario] += [max(0.0, t - at) for t in starts]
+                marks.append((f"{db}/{n_locks}", scenario, at, max(starts)))
+                if scenario != "outage":
+                    cluster.worker(pid).proc.wait(30)
+                    cluster.start_worker()
+                if scenario == "crash":
+                    killed[pid] = at
+                for name in names:
+                    cluster.journal.assert_no_overlap(name, ends=killed)
+    finally:
+        cluster.close()
+        if server:
+            server.close()
+    return results
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return (
+        f"{statistics.median(values):7.3f} {min(values):7.3f} {max(values):7.3f} {len(values):4d}"
+    )
+
+
+def draw(marks: list[tuple[str, str, float, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.35 * len(marks)))
+    colors = {"crash": "tab:red", "graceful": "tab:green", "outage": "tab:orange"}
+    for i, (label, scenario, at, end) in enumerate(marks):
+        ax.barh(i, end - at, color=colors[scenario])
+        ax.text(end - at + 0.05, i, f"{label} {scenario} {end - at:.2f}s", va="center", fontsize=7)
+    ax.axvline(5.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel(
+        "seconds from fault (crash: kill -9; graceful: SIGTERM; outage: DB back) "
+        "to the last new master; dashed: ttl + check interval"
+    )
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--locks", default="1", help="comma-separated lock-name counts")
+    parser.add_argument("--db", default="sqlite,postgresql")
+    parser.add_argument("--scenarios", default="crash,graceful,outage")
+    parser.add_argument("--png", type=Path, help="write a timeline picture here")
+    args = parser.parse_args()
+    marks: list[tuple[str, str, float, float]] = []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cm-bench-") as tmp:
+        for db in args.db.split(","):
+            for n in (int(x) for x in args.locks.split(",")):
+                res = run(db, n, args.repeats, args.scenarios.split(","), Path(tmp), marks)
+                rows += [(db, n, s, v) for s, v in res.items() if v]
+    print("\nfailover time in seconds (3 workers, solo pool, filesystem broker, default timing)")
+    print(
+        f"{'database':<11}{'locks':>6}  {'scenario':<12} {'median':>7} {'min':>7} {'max':>7}"
+        f" {'n':>4}"
+    )
+    for db, n, scenario, values in rows:
+        print(f"{db:<11}{n:>6}  {scenario:<12} {fmt(values)}")
+    print(
+        "crash: kill -9 -> new start(); graceful: old stop() -> new start(); outage: DB "
+        "restarted -> new start(); outage-stop: DB stopped -> old stop(); no overlap seen"
+    )
+    if args.png:
+        draw(marks, args.png)
+        print(f"timeline written to {args.png}")
+
+
+if __name__ == "__main__":
+    main()
