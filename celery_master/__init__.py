@@ -13,7 +13,7 @@ from __future__ import annotations
 from . import control as _control  # noqa: F401  (remote-control commands exist on import)
 from .errors import CeleryMasterError, ConfigurationError, NotMaster
 from .job import MasterContext, MasterJob
-from .registry import master_job, register
+from .registry import install, master_job, register
 
 __all__ = [
     "CeleryMasterError",
@@ -21,6 +21,7 @@ __all__ = [
     "MasterContext",
     "MasterJob",
     "NotMaster",
+    "install",
     "master_job",
     "register",
 ]

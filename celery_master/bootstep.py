@@ -12,12 +12,15 @@ from typing import Any
 
 from celery import bootsteps, signals
 
-from . import control  # noqa: F401  (registers the remote-control commands)
+from . import control
+from .beat.job import BeatJob, beat_settings
 from .elector import Elector
+from .errors import ConfigurationError
 from .events import RoleEvents
 from .holder import Holder
+from .job import MasterJob
 from .registry import jobs_of
-from .settings import resolve_database_url, resolve_job_settings
+from .settings import JobSettings, resolve_database_url, resolve_job_settings
 from .store.engine import create_lease_engine, mask_url, sqlite_path
 from .store.leases import LeaseStore
 
@@ -31,24 +34,40 @@ class MasterStep(bootsteps.StartStopStep):
 
     label = "celery-master"
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
+    def __init__(self, worker: Any, master_beat: bool = False, **kwargs: Any) -> None:
         worker.master_elector = None
+        self.master_beat = master_beat
         self.elector: Elector | None = None
         self.hostname: str | None = None
         self.app: Any = None
-        self.events: Any = None
+        self.events: RoleEvents | None = None
         self._hints: list[threading.Thread] = []
         super().__init__(worker, **kwargs)
 
     def start(self, worker: Any) -> None:
         app = worker.app
         jobs = jobs_of(app)
-        if not jobs:
+        beat_on, beat_lock = beat_settings(app.conf, True if self.master_beat else None)
+        if not jobs and not beat_on:
             return
+        if beat_on and getattr(worker, "beat", None):
+            raise ConfigurationError(
+                "both -B/--beat and master_beat are on: beat would run twice; drop -B"
+            )
+        if beat_on and beat_lock in {j.lock_name for j in jobs}:
+            raise ConfigurationError(
+                f"master_beat_lock_name {beat_lock!r} is also a registered lock name: rename one"
+            )
         url = resolve_database_url(app.conf)
-        pairs = [(job, resolve_job_settings(app.conf, job.options)) for job in jobs]
-        finest = min(s.heartbeat_interval for _, s in pairs)
+        pairs: list[tuple[MasterJob, JobSettings]] = [
+            (job, resolve_job_settings(app.conf, job.options)) for job in jobs
+        ]
+        beat_timing = resolve_job_settings(app.conf, {})
+        finest = min(s.heartbeat_interval for s in [beat_timing, *(s for _, s in pairs)])
         store = LeaseStore(create_lease_engine(url, timeout=finest))
+        if beat_on:
+            pairs.append((BeatJob(app, beat_lock, store).as_job(), beat_timing))
+
         self.hostname, self.app = worker.hostname, app
         self._drop_pidbox_backlog()
         self.events = RoleEvents(app, worker.hostname)
@@ -65,8 +84,8 @@ class MasterStep(bootsteps.StartStopStep):
         path = sqlite_path(url)
         logger.info(
             "celery-master: %d master job(s) %s; leases in %s%s",
-            len(jobs),
-            ", ".join(repr(j.lock_name) for j in jobs),
+            len(pairs),
+            ", ".join(repr(j.lock_name) for j, _ in pairs),
             mask_url(url),
             f" (file {path})" if path else "",
         )
@@ -78,7 +97,8 @@ class MasterStep(bootsteps.StartStopStep):
             self.elector.stop()
             for thread in self._hints:
                 thread.join(2.0)
-            self.events.stop()
+            if self.events is not None:
+                self.events.stop()
             self.elector = None
 
     terminate = stop
@@ -89,10 +109,28 @@ class MasterStep(bootsteps.StartStopStep):
             return {}
         return {"master": {"database": elector.describe_database(), **elector.snapshot()}}
 
+    def _on_shutting_down(self, sender: Any = None, **kwargs: Any) -> None:
+        """Sent from the SIGTERM handler: start the hand-over now, not 2-4 s later."""
+        if self.elector is not None and (sender is None or sender == self.hostname):
+            self.elector.begin_handover()
+
+    def _send_hint(self, lock_names: list[str]) -> None:
+        """Tell the standbys a lease is free, from a thread and connection of our own."""
+        thread = threading.Thread(
+            target=control.broadcast_hint,
+            args=(self.app, lock_names),
+            name="celery-master-hint",
+            daemon=True,
+        )
+        self._hints = [t for t in self._hints if t.is_alive()] + [thread]
+        thread.start()
+
     def _drop_pidbox_backlog(self) -> None:
-        """Forget broadcasts queued while this node name was down (kombu's filesystem
-        transport replays them): they are ephemeral in Celery's model, and the state
-        they set is in SQL already."""
+        """Forget broadcasts queued while this node name was down.
+
+        kombu's filesystem transport replays them to a restarted node; they are
+        ephemeral in Celery's model, and the state they set is in SQL already.
+        """
         name = f"{self.hostname}.{self.app.conf.control_exchange}.pidbox"
         try:
             with self.app.connection_for_write() as conn:
@@ -102,20 +140,3 @@ class MasterStep(bootsteps.StartStopStep):
                 logger.info("celery-master: dropped %d stale broadcast(s) for %s", dropped, name)
         except Exception as exc:  # the queue may not exist yet; the broker may be down
             logger.debug("celery-master: no pidbox backlog dropped (%s)", exc)
-
-    def _on_shutting_down(self, sender: Any = None, **kwargs: Any) -> None:
-        """Sent from the SIGTERM handler: start the hand-over now, not 2-4 s later."""
-        if self.elector is not None and (sender is None or sender == self.hostname):
-            self.elector.begin_handover()
-
-    def _send_hint(self, lock_names: list[str]) -> None:
-        """Tell the standbys a lease is free, from a connection of our own."""
-        app = self.app
-        thread = threading.Thread(
-            target=control.broadcast_hint,
-            args=(app, lock_names),
-            name="celery-master-hint",
-            daemon=True,
-        )
-        self._hints = [t for t in self._hints if t.is_alive()] + [thread]
-        thread.start()

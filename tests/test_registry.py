@@ -79,6 +79,7 @@ def test_public_api_is_exactly_what_all_lists():
         "MasterContext",
         "MasterJob",
         "NotMaster",
+        "install",
         "master_job",
         "register",
     ]

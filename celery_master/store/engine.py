@@ -94,7 +94,7 @@ def create_lease_engine(url: str | URL, timeout: float = 1.0) -> Engine:
         if parsed.get_driver_name() != "psycopg2":
             connect_args = {"connect_timeout": connect_args["connect_timeout"]}
         engine = create_engine(
-            parsed, pool_size=1, max_overflow=1, pool_timeout=timeout, connect_args=connect_args
+            parsed, pool_size=2, max_overflow=2, pool_timeout=timeout, connect_args=connect_args
         )
     else:
         database = parsed.database

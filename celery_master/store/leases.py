@@ -34,10 +34,10 @@ from ..errors import ConfigurationError
 from .engine import Dialect, dialect_of
 from .schema import SCHEMA_VERSION, build_tables
 
-__all__ = ["Lease", "LeaseStore", "METADATA", "LEASE", "HISTORY"]
+__all__ = ["BEAT", "HISTORY", "LEASE", "METADATA", "Lease", "LeaseStore"]
 
 METADATA = MetaData()
-LEASE, META, HISTORY = build_tables(METADATA)
+LEASE, META, HISTORY, BEAT = build_tables(METADATA)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ SCHEMA_VERSION = 1
 MAX_LOCK_NAME = 200
 
 
-def build_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
-    """Return (lease, meta, history) tables registered on ``metadata``."""
+def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table]:
+    """Return (lease, meta, history, beat) tables registered on ``metadata``."""
     lease = Table(
         "celery_master_lease",
         metadata,
@@ -60,4 +60,13 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
         Column("epoch", BigInteger, nullable=True),
         Column("detail", Text, nullable=True),
     )
-    return lease, meta, history
+    beat = Table(
+        "celery_master_beat",
+        metadata,
+        Column("lock_name", String(MAX_LOCK_NAME), primary_key=True),
+        Column("name", String(255), primary_key=True),
+        Column("last_run_at", Float, nullable=True),  # wall time of the last send (beat's clock)
+        Column("total_run_count", BigInteger, nullable=False, default=0),
+        Column("epoch", BigInteger, nullable=True),  # epoch of the master that wrote the row
+    )
+    return lease, meta, history, beat

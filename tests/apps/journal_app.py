@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from celery import Celery
+from celery import Celery, signals
 
 import celery_master
 
@@ -63,8 +63,38 @@ def stop(ctx: celery_master.MasterContext) -> None:
     journal("stop", ctx, is_master=ctx.is_master())
 
 
-for _name in os.environ.get("JOURNAL_LOCKS", "JOB-SCHEDULER").split(","):
+for _name in filter(None, os.environ.get("JOURNAL_LOCKS", "JOB-SCHEDULER").split(",")):
     celery_master.register(app, _name, start, stop)
+
+celery_master.install(app)  # --master-beat works even with JOURNAL_LOCKS empty
+app.conf.beat_schedule = {
+    "beat-tick": {
+        "task": "tests.apps.journal_app.beat_tick",
+        "schedule": float(os.environ.get("JOURNAL_BEAT_PERIOD", "1.0")),
+    },
+}
+
+
+@signals.before_task_publish.connect
+def journal_send(sender: str | None = None, headers: dict | None = None, **kwargs: object) -> None:
+    """Every beat send, as the sending process saw it: the duplicate/gap evidence."""
+    if sender != "tests.apps.journal_app.beat_tick":
+        return
+    line = {
+        "event": "send",
+        "t": time.time(),
+        "pid": os.getpid(),
+        "lock": "celery-beat",
+        "epoch": None,
+        "id": (headers or {}).get("id"),
+    }
+    with open(JOURNAL, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+@app.task
+def beat_tick() -> None:
+    return None
 
 
 @app.task

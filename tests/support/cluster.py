@@ -113,6 +113,7 @@ class Cluster:
     env: dict[str, str]
     workers: list[Worker] = field(default_factory=list)
     counter: int = 0
+    extra_args: list[str] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -173,6 +174,7 @@ class Cluster:
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *self.extra_args,
             ],
             cwd=self.dir,
             env=self.env,
