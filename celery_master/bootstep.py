@@ -34,9 +34,16 @@ class MasterStep(bootsteps.StartStopStep):
 
     label = "celery-master"
 
-    def __init__(self, worker: Any, master_beat: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, worker: Any, master_beat: bool = False, beat: bool = False, **kwargs: Any
+    ) -> None:
         worker.master_elector = None
-        self.master_beat = master_beat
+        self.beat_on, self.beat_lock = beat_settings(worker.app.conf, True if master_beat else None)
+        if self.beat_on and beat:
+            # refused here, while the worker is being built: the -B beat would start first
+            raise ConfigurationError(
+                "both -B/--beat and master_beat are on: beat would run twice; drop -B"
+            )
         self.elector: Elector | None = None
         self.hostname: str | None = None
         self.app: Any = None
@@ -47,13 +54,9 @@ class MasterStep(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         app = worker.app
         jobs = jobs_of(app)
-        beat_on, beat_lock = beat_settings(app.conf, True if self.master_beat else None)
+        beat_on, beat_lock = self.beat_on, self.beat_lock
         if not jobs and not beat_on:
             return
-        if beat_on and getattr(worker, "beat", None):
-            raise ConfigurationError(
-                "both -B/--beat and master_beat are on: beat would run twice; drop -B"
-            )
         if beat_on and beat_lock in {j.lock_name for j in jobs}:
             raise ConfigurationError(
                 f"master_beat_lock_name {beat_lock!r} is also a registered lock name: rename one"

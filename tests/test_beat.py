@@ -107,6 +107,8 @@ def test_beat_and_dash_b_together_refuse_to_start(make_cluster, sqlite_url):
     worker.proc.wait(60)
     assert worker.proc.returncode != 0
     assert "beat would run twice" in worker.log_text()
+    time.sleep(1)
+    assert cluster.stray_pids() == [], "no beat process may outlive the refused worker"
 
 
 def test_beat_settings_resolution_and_errors():

@@ -238,6 +238,19 @@ class Cluster:
 
         return wait_for(found, timeout, f"a new master of {lock}")
 
+    def stray_pids(self) -> list[int]:
+        """Processes still carrying this cluster's environment (workers and their children)."""
+        mark = f"JOURNAL_FILE={self.env['JOURNAL_FILE']}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if mark in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
+
     def close(self) -> None:
         for w in self.workers:
             if w.alive():
@@ -249,3 +262,6 @@ class Cluster:
         for w in self.workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 w.proc.wait(10)
+        for pid in self.stray_pids():  # e.g. a beat child orphaned by a worker that died
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,66 @@
+"""The examples and docker-compose.yml say what the code does."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from celery_master.registry import jobs_of
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_docker_compose_is_valid_against_the_compose_spec(compose):
+    jsonschema = pytest.importorskip("jsonschema")
+    if not SCHEMA.exists():
+        pytest.skip(f"the Compose schema is not beside this checkout ({SCHEMA.name} missing)")
+    import json
+
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+    validator.validate(compose)
+    broken = {**compose, "services": {**compose["services"], "bad": {"comand": "typo"}}}
+    assert not validator.is_valid(broken), "the schema must catch a misspelt key"
+
+
+def test_compose_runs_three_workers_and_flower_of_the_production_example(compose):
+    services = compose["services"]
+    assert {"postgres", "redis", "worker1", "worker2", "worker3", "flower"} <= set(services)
+    for name in ("worker1", "worker2", "worker3", "flower"):
+        words = shlex.split(services[name]["command"])
+        assert words[:3] == ["celery", "-A", "examples.production"]
+        module = importlib.import_module(words[2])
+        assert hasattr(module, "app"), f"{words[2]} has no Celery app"
+        if name.startswith("worker"):
+            assert words[3] == "worker" and f"{name}@compose" in words
+            check = services[name]["healthcheck"]["test"]
+            assert f"{name}@compose" in check and "examples.production" in check
+    for name in ("postgres", "redis", *(f"worker{i}" for i in (1, 2, 3)), "flower"):
+        assert "healthcheck" in services[name], f"{name} has no healthcheck"
+    env = services["worker1"]["environment"]
+    assert "${POSTGRES_PASSWORD" in env["DATABASE_URL"], "no password baked in"
+
+
+def test_production_example_registers_beat_and_its_master_job():
+    module = importlib.import_module("examples.production")
+    assert [j.lock_name for j in jobs_of(module.app)] == ["FEED-POLLER"]
+    assert module.app.conf.master_beat is True
+    assert module.app.conf.beat_schedule["report-every-10s"]["task"] in module.app.tasks
+
+
+def test_embedded_example_app_uses_absolute_filesystem_folders():
+    module = importlib.import_module("examples.app")
+    opts = module.app.conf.broker_transport_options
+    for key in ("data_folder_in", "data_folder_out", "control_folder"):
+        assert Path(opts[key]).is_absolute()
+    assert opts["polling_interval"] == 0.1
+    assert [j.lock_name for j in jobs_of(module.app)] == ["HEARTBEAT"]
