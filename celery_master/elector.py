@@ -33,6 +33,7 @@ from .holder import Holder
 from .job import MasterContext, MasterJob
 from .runner import Runner
 from .settings import JobSettings
+from .spread import Held, Spread
 from .store.engine import mask_url
 from .store.leases import LeaseStore
 
@@ -64,6 +65,7 @@ class _Lock:
     hold_off_until: float = 0.0
     seen: tuple[str, int, int] | None = None
     seen_at: float = 0.0
+    free_since: float | None = None
     enabled: bool = True
     holder_seen: str | None = None
     since: float = field(default_factory=time.time)
@@ -73,6 +75,14 @@ class _Lock:
     @property
     def name(self) -> str:
         return self.job.lock_name
+
+    @property
+    def weight(self) -> int:
+        return int(self.job.options.get("weight", 1))
+
+    @property
+    def prefer(self) -> str | None:
+        return self.job.options.get("prefer")
 
     @property
     def role(self) -> Role:
@@ -114,6 +124,18 @@ class Elector:
         self._db_down = False
         self._backoff = self.tick
         self._threads: list[threading.Thread] = []
+        ttl = min(lk.settings.ttl for lk in self.locks.values())
+        self.member_period, self.member_window = (
+            ttl,
+            3 * max(lk.settings.ttl for lk in self.locks.values()),
+        )
+        self._next_member = self._yield_after = 0.0
+        self.spread = Spread(
+            self.holder_id,
+            holder.node_name,
+            sum(lk.weight for lk in self.locks.values()),
+            grace=2 * min(lk.settings.check_interval for lk in self.locks.values()),
+        )
 
     # -- public ----------------------------------------------------------------
     def start(self) -> None:
@@ -225,6 +247,7 @@ class Elector:
             try:
                 self.store.ensure_schema()
                 self.store.ensure_rows(self.locks)
+                self._refresh_members()
             except SQLAlchemyError as exc:
                 self._db_failed(exc)
                 self._leaving.wait(self._backoff)
@@ -235,6 +258,10 @@ class Elector:
     # -- one pass --------------------------------------------------------------
     def _tick(self) -> None:
         self._free_stopped()
+        now = self.clock()
+        if now >= self._next_member:
+            self._guard(self._refresh_members)
+            self._yield_surplus()
         now = self.clock()
         due = {
             name: lk.epoch
@@ -258,8 +285,33 @@ class Elector:
         if wanted:
             self._check(wanted)
 
+    def _refresh_members(self) -> None:
+        self._next_member = self.clock() + self.member_period
+        held = sum(lk.weight for lk in self.locks.values() if lk.role is Role.MASTER)
+        self.spread.update(
+            self.store.heartbeat_member(
+                self.holder_id, self.holder.node_name, held, self.member_window
+            )
+        )
+
+    def _yield_surplus(self) -> None:
+        """Hand over what another live worker under its quota should run instead."""
+        now = self.clock()
+        if now < self._yield_after:
+            return
+        mine = [
+            Held(lk.name, lk.weight, lk.prefer)
+            for lk in self.locks.values()
+            if lk.role is Role.MASTER
+        ]
+        for name in self.spread.surplus(mine):
+            lk = self.locks[name]
+            lk.hold_off_until = now + 2 * lk.settings.ttl
+            self._step_down(lk, "spread: handing over to a less loaded worker")
+            self._yield_after = now + 2 * self.member_period
+
     def _next_due(self) -> float:
-        times = [self.clock() + self.tick * 10]
+        times = [self.clock() + self.tick * 10, self._next_member]
         for lk in self.locks.values():
             if lk.runner is not None and not lk.runner.stepping_down:
                 times.append(lk.next_renew)
@@ -323,23 +375,38 @@ class Elector:
                 missing.append(lk.name)
                 continue
             lk.enabled, lk.holder_seen = lease.enabled, lease.holder
+            if lease.holder is not None or not lease.enabled:
+                lk.free_since = None
             if not lease.enabled:
                 lk.seen = None
             elif lease.holder is None:
-                free.append(lk.name)
+                lk.free_since = arrived if lk.free_since is None else lk.free_since
+                if self._admit(lk, arrived - lk.free_since, arrived):
+                    free.append(lk.name)
             else:
                 seen = (lease.holder, lease.epoch, lease.renewals)
                 if lk.seen != seen:
                     lk.seen, lk.seen_at = seen, arrived
                 ttl = max(lease.ttl or 0.0, lk.settings.ttl)
-                if arrived - lk.seen_at >= ttl:
+                if arrived - lk.seen_at >= ttl and self._admit(
+                    lk, arrived - lk.seen_at - ttl, arrived
+                ):
                     silent[lk.name] = (lease.epoch, lease.renewals)
+                elif arrived - lk.seen_at >= ttl:
+                    pass  # deferred by the spread; _admit scheduled the next look
                 else:
                     lk.next_check = min(lk.next_check, lk.seen_at + ttl)
         if missing:
             self._guard(lambda: self.store.ensure_rows(missing))
         if free or silent:
             self._acquire(free, silent)
+
+    def _admit(self, lk: _Lock, takeable_for: float, now: float) -> bool:
+        held = sum(x.weight for x in self.locks.values() if x.role is Role.MASTER)
+        if self.spread.admit(lk.weight, lk.prefer, held, takeable_for):
+            return True
+        lk.next_check = min(lk.next_check, now + self.spread.grace - takeable_for)
+        return False
 
     def _acquire(self, free: list[str], silent: dict[str, tuple[int, int]]) -> None:
         sent = self.clock()
@@ -430,6 +497,8 @@ class Elector:
             if lk.runner is not None:
                 self._step_down(lk, "worker shutting down")
         self._free_stopped()
+        if not any(lk.runner or lk.epoch is not None for lk in self.locks.values()):
+            self._guard(lambda: self.store.leave_member(self.holder_id))
 
     # -- helpers ---------------------------------------------------------------
     def _role_changed(self, lk: _Lock, role: Role, epoch: int, reason: str) -> None:

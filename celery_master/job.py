@@ -60,11 +60,22 @@ class MasterJob:
                 f"option database_url for {self.lock_name!r}: the lease database is one per "
                 "app; set app.conf.master_database_url instead"
             )
-        unknown = sorted(set(self.options) - set(TIMING_NAMES))
+        unknown = sorted(set(self.options) - set(TIMING_NAMES) - {"weight", "prefer"})
         if unknown:
             raise ConfigurationError(
                 f"unknown option(s) {', '.join(unknown)} for {self.lock_name!r}: "
-                f"allowed are {', '.join(TIMING_NAMES)}"
+                f"allowed are {', '.join((*TIMING_NAMES, 'weight', 'prefer'))}"
+            )
+        weight = self.options.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise ConfigurationError(
+                f"option weight={weight!r} for {self.lock_name!r} must be an integer >= 1"
+            )
+        prefer = self.options.get("prefer")
+        if prefer is not None and (not isinstance(prefer, str) or not prefer.strip()):
+            raise ConfigurationError(
+                f"option prefer={prefer!r} for {self.lock_name!r} must be a node-name glob, "
+                "e.g. 'beat@*'"
             )
         resolve_job_settings({}, self.options, environ={})  # validates the values given
 

@@ -19,6 +19,7 @@ log = logging.getLogger("examples.app")
 app = Celery("example")
 app.conf.update(
     broker_url="filesystem://",
+    broker_transport="celery_master.transport:FilesystemTransport",  # kombu's, minus its races
     broker_transport_options={  # absolute folders, data in = data out; poll fast for hints
         "data_folder_in": f"{DATA}/broker",
         "data_folder_out": f"{DATA}/broker",

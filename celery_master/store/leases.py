@@ -34,10 +34,10 @@ from ..errors import ConfigurationError
 from .engine import Dialect, dialect_of
 from .schema import SCHEMA_VERSION, build_tables
 
-__all__ = ["BEAT", "HISTORY", "LEASE", "METADATA", "Lease", "LeaseStore"]
+__all__ = ["BEAT", "HISTORY", "LEASE", "MEMBER", "METADATA", "Lease", "LeaseStore", "Member"]
 
 METADATA = MetaData()
-LEASE, META, HISTORY, BEAT = build_tables(METADATA)
+LEASE, META, HISTORY, BEAT, MEMBER = build_tables(METADATA)
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,15 @@ def db_now(dialect: Dialect) -> ColumnElement[float]:
     if dialect is Dialect.POSTGRESQL:
         return func.extract("epoch", func.clock_timestamp())  # type: ignore[return-value]
     return (func.julianday("now") - literal(2440587.5)) * literal(86400.0)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A live worker instance, as the spread sees it."""
+
+    holder: str
+    node: str
+    held: int
 
 
 class LeaseStore:
@@ -261,6 +270,30 @@ class LeaseStore:
             if changed:
                 self._record(conn, [(lock_name, "release-requested", who, None, None)])
         return bool(changed), self.read([lock_name]).get(lock_name)
+
+    # -- membership (spread only: liveness by database time is fine here) -----
+    def heartbeat_member(self, holder: str, node: str, held: int, window: float) -> list[Member]:
+        """Say this worker is alive and return the workers seen within ``window`` seconds."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                self._insert(MEMBER)
+                .values(holder=holder, node=node, held=held, seen_at=self.now)
+                .on_conflict_do_update(
+                    index_elements=[MEMBER.c.holder], set_={"held": held, "seen_at": self.now}
+                )
+            )
+            rows = conn.execute(
+                select(MEMBER.c.holder, MEMBER.c.node, MEMBER.c.held).where(
+                    MEMBER.c.seen_at > self.now - window
+                )
+            )
+            members = [Member(r.holder, r.node, r.held) for r in rows]
+            conn.execute(MEMBER.delete().where(MEMBER.c.seen_at < self.now - 10 * window))
+        return members
+
+    def leave_member(self, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(MEMBER.delete().where(MEMBER.c.holder == holder))
 
     def db_time(self) -> float:
         with self.engine.connect() as conn:

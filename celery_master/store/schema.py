@@ -25,8 +25,8 @@ SCHEMA_VERSION = 1
 MAX_LOCK_NAME = 200
 
 
-def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table]:
-    """Return (lease, meta, history, beat) tables registered on ``metadata``."""
+def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table, Table]:
+    """Return (lease, meta, history, beat, member) tables registered on ``metadata``."""
     lease = Table(
         "celery_master_lease",
         metadata,
@@ -69,4 +69,12 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table]:
         Column("total_run_count", BigInteger, nullable=False, default=0),
         Column("epoch", BigInteger, nullable=True),  # epoch of the master that wrote the row
     )
-    return lease, meta, history, beat
+    member = Table(  # live workers, for spreading lock names; never used for safety
+        "celery_master_member",
+        metadata,
+        Column("holder", String(255), primary_key=True),
+        Column("node", String(255), nullable=False),
+        Column("held", Integer, nullable=False, default=0),  # weight of the leases it holds
+        Column("seen_at", Float, nullable=False),
+    )
+    return lease, meta, history, beat, member

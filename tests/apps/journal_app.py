@@ -21,6 +21,7 @@ if _fs:
     for sub in ("in", "processed"):
         os.makedirs(os.path.join(_fs, sub), exist_ok=True)
     app.conf.broker_url = "filesystem://"
+    app.conf.broker_transport = "celery_master.transport:FilesystemTransport"
     app.conf.broker_transport_options = {
         "data_folder_in": os.path.join(_fs, "in"),
         "data_folder_out": os.path.join(_fs, "in"),

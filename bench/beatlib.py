@@ -1,0 +1,212 @@
+"""Shared by bench/beat.py and bench/peers.py: beat instances, faults, gaps and duplicates.
+
+A *system* is three instances that each could send the beat schedule (our
+workers with master_beat, or a peer's beat processes). Every send is journaled
+by the sending process (``before_task_publish``). A beat *gap* is the time from
+the last send before a fault to the first send after it, minus one period; a
+*duplicate* is two sends less than half a period apart (one slot sent twice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PERIOD = 1.0
+CAP = 30.0  # seconds a fault may take before we call it "no failover"
+
+
+@dataclass
+class System:
+    name: str
+    argv: Callable[[int], list[str]]
+    env: dict[str, str]
+    journal: Path
+    ready: Callable[[Path], bool] = lambda log: True
+    procs: list[subprocess.Popen | None] = field(default_factory=list)  # type: ignore[type-arg]
+    logs: list[Path] = field(default_factory=list)
+    faults: list[tuple[str, float]] = field(default_factory=list)
+    boots: int = 0
+
+    def start(self, index: int) -> None:
+        self.boots += 1
+        log = self.journal.parent / f"{self.name}-{index}-{self.boots}.log"
+        proc = subprocess.Popen(
+            self.argv(index),
+            cwd=ROOT,
+            env=self.env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        while len(self.procs) <= index:
+            self.procs.append(None)
+            self.logs.append(log)
+        self.procs[index], self.logs[index] = proc, log
+        end = time.monotonic() + 60
+        while not self.ready(log) and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.1)
+
+    def sends(self) -> list[dict]:
+        if not self.journal.exists():
+            return []
+        out = []
+        for line in self.journal.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return sorted((e for e in out if e.get("event") == "send"), key=lambda e: e["t"])
+
+    def instance_of(self, pid: int) -> int | None:
+        for i, proc in enumerate(self.procs):
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                if os.getpgid(pid) == proc.pid:
+                    return i
+            except ProcessLookupError:
+                return None
+        return None
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_sends(system: System, n: int, after: float, timeout: float) -> list[dict] | None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        later = [e for e in system.sends() if e["t"] > after]
+        if len(later) >= n:
+            return later
+        time.sleep(0.05)
+    return None
+
+
+def inject(system: System, kind: str, outage: Callable[[], None] | None = None) -> float | None:
+    """One fault on the current sender; returns the gap (None: no send within CAP)."""
+    wait_sends(system, 2, time.time(), 30)
+    last = system.sends()[-1]
+    index = system.instance_of(last["pid"])
+    at = time.time()
+    if kind == "crash" and index is not None:
+        proc = system.procs[index]
+        assert proc is not None
+        os.killpg(proc.pid, signal.SIGKILL)
+    elif kind == "graceful" and index is not None:
+        proc = system.procs[index]
+        assert proc is not None
+        proc.send_signal(signal.SIGTERM)
+    elif kind == "outage" and outage is not None:
+        outage()
+    system.faults.append((kind, at))
+    before = [e["t"] for e in system.sends() if e["t"] <= at]
+    after = wait_sends(system, 1, at, CAP)
+    if kind in ("crash", "graceful") and index is not None:
+        proc = system.procs[index]
+        assert proc is not None
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        system.start(index)
+    if after is None or not before:
+        return None
+    return max(0.0, after[0]["t"] - before[-1] - PERIOD)
+
+
+def duplicates(system: System) -> int:
+    sends = system.sends()
+    return sum(1 for a, b in zip(sends, sends[1:], strict=False) if b["t"] - a["t"] < PERIOD / 2)
+
+
+def run_system(
+    system: System, scenarios: list[str], repeats: int, outage: Callable[[], None] | None = None
+) -> dict[str, list[float | None]]:
+    gaps: dict[str, list[float | None]] = {}
+    try:
+        for i in range(3):
+            system.start(i)
+        if wait_sends(system, 3, 0, 60) is None:
+            raise RuntimeError(f"{system.name}: no beat sends; see {system.logs[0]}")
+        for kind in scenarios:
+            for _ in range(repeats):
+                gaps.setdefault(kind, []).append(inject(system, kind, outage))
+                wait_sends(system, 3, time.time(), CAP)
+    finally:
+        system.stop_all()
+    return gaps
+
+
+def fmt_gaps(values: list[float | None]) -> str:
+    done = [v for v in values if v is not None]
+    missed = len(values) - len(done)
+    if not done:
+        return f"{'>' + str(int(CAP)):>7} {'-':>7} {'-':>7}"
+    tail = f" ({missed} >{int(CAP)}s)" if missed else ""
+    med = statistics.median(done) if not missed else float("inf")
+    med_s = f"{med:7.2f}" if missed == 0 else f"{'>' + str(int(CAP)):>7}"
+    return f"{med_s} {min(done):7.2f} {max(done):7.2f}{tail}"
+
+
+def median_or_cap(values: list[float | None]) -> float:
+    return statistics.median([CAP if v is None else v for v in values])
+
+
+def draw(systems: list[System], path: Path) -> None:
+    """Timeline: each send as a dot coloured by sending instance; faults as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(systems), 1, figsize=(11, 1.1 * len(systems) + 0.6), sharex=False, squeeze=False
+    )
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"]
+    for ax, system in zip(axes[:, 0], systems, strict=True):
+        sends = system.sends()
+        if not sends:
+            continue
+        t0 = sends[0]["t"]
+        pids = sorted(
+            {e["pid"] for e in sends}, key=lambda p: next(e["t"] for e in sends if e["pid"] == p)
+        )
+        for e in sends:
+            ax.plot(
+                e["t"] - t0,
+                0,
+                "|",
+                markersize=14,
+                color=colours[pids.index(e["pid"]) % len(colours)],
+            )
+        for kind, at in system.faults:
+            ax.axvline(
+                at - t0,
+                color={"crash": "red", "graceful": "green"}.get(kind, "orange"),
+                linewidth=1,
+            )
+        ax.set_yticks([])
+        ax.set_ylabel(system.name, rotation=0, ha="right", va="center", fontsize=8)
+    axes[-1, 0].set_xlabel(
+        "seconds; ticks = beat sends coloured by sending process; "
+        "lines = faults (red kill -9, green SIGTERM, orange DB outage)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def python() -> str:
+    return sys.executable

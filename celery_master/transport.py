@@ -1,0 +1,80 @@
+"""kombu's filesystem transport, with its file races closed: the embedded default's broker.
+
+kombu 5.7's filesystem transport creates a message file, then writes it, and a
+reader on another process can move and read it in between: it gets an empty
+payload and the worker dies with ``Unrecoverable error: JSONDecodeError``. Its
+exchange (binding) files have the same window when workers boot together. This
+subclass writes every file under a temporary name and renames it into place,
+so readers only ever see whole files, and serialises binding updates with a
+lock file. Use it with ``broker_url = "filesystem://"`` and
+``broker_transport = "celery_master.transport:FilesystemTransport"``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kombu.transport import filesystem
+from kombu.utils.encoding import bytes_to_str, str_to_bytes
+from kombu.utils.json import dumps, loads
+
+__all__ = ["FilesystemChannel", "FilesystemTransport"]
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that no reader sees a partial file."""
+    tmp = path.parent / f".{uuid.uuid4().hex}.tmp"  # never matches '<ts>_<id>.<queue>.msg'
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+class FilesystemChannel(filesystem.Channel):
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        try:
+            _write_whole(Path(self.data_folder_out) / name, str_to_bytes(dumps(payload)))
+        except OSError as exc:
+            raise filesystem.ChannelError(f"Cannot add file {name!r} to directory") from exc
+
+    def get_table(self, exchange: str) -> list[Any]:
+        file = self._exchange_file(exchange)
+        try:
+            text = bytes_to_str(file.read_bytes())
+        except FileNotFoundError:
+            return []
+        return [filesystem.exchange_queue_t(*q) for q in (loads(text) if text else [])]
+
+    def _update_table(self, exchange: str, change: Any) -> None:
+        file = self._exchange_file(exchange)
+        self.control_folder.mkdir(parents=True, exist_ok=True)
+        with open(self.control_folder / f".{exchange}.lock", "a+b") as guard:
+            filesystem.lock(guard, filesystem.LOCK_EX)
+            try:
+                queues = self.get_table(exchange)
+                updated = change(list(queues))
+                if updated != queues:
+                    _write_whole(file, str_to_bytes(dumps(updated)))
+            finally:
+                filesystem.unlock(guard)
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        value = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        self._update_table(exchange, lambda qs: qs if value in qs else [value, *qs])
+
+    def _delete(
+        self, queue: str, exchange: str, routing_key: str, pattern: str, *args: Any, **kwargs: Any
+    ) -> None:
+        filesystem.virtual.Channel._delete(
+            self, queue, exchange, routing_key, pattern, *args, **kwargs
+        )
+        value = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        self._update_table(exchange, lambda qs: [q for q in qs if q != value])
+
+
+class FilesystemTransport(filesystem.Transport):
+    Channel = FilesystemChannel
