@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from .errors import ConfigurationError
 from .holder import Holder
@@ -125,11 +125,11 @@ class Elector:
         self._backoff = self.tick
         self._threads: list[threading.Thread] = []
         ttl = min(lk.settings.ttl for lk in self.locks.values())
-        self.member_period, self.member_window = (
-            ttl,
-            3 * max(lk.settings.ttl for lk in self.locks.values()),
-        )
+        check = min(lk.settings.check_interval for lk in self.locks.values())
+        self.member_period = max(check, ttl / 2)  # a join or a leave is seen within this
+        self.member_window = 3 * max(lk.settings.ttl for lk in self.locks.values())
         self._next_member = self._yield_after = 0.0
+        self._refreshes = 0
         self.spread = Spread(
             self.holder_id,
             holder.node_name,
@@ -287,12 +287,16 @@ class Elector:
 
     def _refresh_members(self) -> None:
         self._next_member = self.clock() + self.member_period
+        self._refreshes += 1
         held = sum(lk.weight for lk in self.locks.values() if lk.role is Role.MASTER)
-        self.spread.update(
-            self.store.heartbeat_member(
-                self.holder_id, self.holder.node_name, held, self.member_window
-            )
+        members = self.store.heartbeat_member(
+            self.holder_id,
+            self.holder.node_name,
+            held,
+            self.member_window,
+            prune=self._refreshes % 20 == 1,
         )
+        self.spread.update(members)
 
     def _yield_surplus(self) -> None:
         """Hand over what another live worker under its quota should run instead."""
@@ -308,7 +312,7 @@ class Elector:
             lk = self.locks[name]
             lk.hold_off_until = now + 2 * lk.settings.ttl
             self._step_down(lk, "spread: handing over to a less loaded worker")
-            self._yield_after = now + 2 * self.member_period
+            self._yield_after = now + self.member_period
 
     def _next_due(self) -> float:
         times = [self.clock() + self.tick * 10, self._next_member]
@@ -523,9 +527,12 @@ class Elector:
         self._backoff = min(max(MAX_BACKOFF, self.tick), self._backoff * 2)
         if not self._db_down:
             self._db_down = True
+            down = isinstance(exc, OperationalError | InterfaceError)
+            state = "unreachable" if down else "failing"
             logger.warning(
-                "celery-master: lease database %s unreachable (%s); retrying with backoff",
+                "celery-master: lease database %s %s (%s); retrying with backoff",
                 self.describe_database(),
+                state,
                 str(exc).splitlines()[0][:200],
             )
 

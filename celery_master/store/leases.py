@@ -94,6 +94,8 @@ class LeaseStore:
     def ensure_schema(self) -> None:
         """Create missing tables and refuse a schema newer than this code."""
         with self.engine.begin() as conn:
+            if self.dialect is Dialect.POSTGRESQL:  # workers booting together: one creates
+                conn.execute(text("SELECT pg_advisory_xact_lock(7275318)"))
             METADATA.create_all(conn, checkfirst=True)
         with self.engine.begin() as conn:
             conn.execute(
@@ -272,7 +274,9 @@ class LeaseStore:
         return bool(changed), self.read([lock_name]).get(lock_name)
 
     # -- membership (spread only: liveness by database time is fine here) -----
-    def heartbeat_member(self, holder: str, node: str, held: int, window: float) -> list[Member]:
+    def heartbeat_member(
+        self, holder: str, node: str, held: int, window: float, prune: bool = False
+    ) -> list[Member]:
         """Say this worker is alive and return the workers seen within ``window`` seconds."""
         with self.engine.begin() as conn:
             conn.execute(
@@ -288,7 +292,8 @@ class LeaseStore:
                 )
             )
             members = [Member(r.holder, r.node, r.held) for r in rows]
-            conn.execute(MEMBER.delete().where(MEMBER.c.seen_at < self.now - 10 * window))
+            if prune:  # rows of crashed workers; now and then is enough
+                conn.execute(MEMBER.delete().where(MEMBER.c.seen_at < self.now - 10 * window))
         return members
 
     def leave_member(self, holder: str) -> None:
@@ -320,7 +325,7 @@ class LeaseStore:
         with self.engine.begin() as conn:
             self._record(conn, [(lock_name, event, holder, epoch, detail)])
 
-    HISTORY_KEEP = 1000
+    HISTORY_KEEP = 10_000  # rows over all lock names; one trim per state change
 
     def _record(self, conn: Connection, events: list[tuple]) -> None:  # type: ignore[type-arg]
         """Append history rows in the caller's transaction; keep the table bounded."""
@@ -331,17 +336,8 @@ class LeaseStore:
                 for n, ev, h, e, d in events
             ],
         )
-        names = {ev[0] for ev in events}
-        for n in names:
-            cutoff = (
-                select(HISTORY.c.id)
-                .where(HISTORY.c.lock_name == n)
-                .order_by(HISTORY.c.id.desc())
-                .offset(self.HISTORY_KEEP)
-                .limit(1)
-                .scalar_subquery()
-            )
-            conn.execute(HISTORY.delete().where(HISTORY.c.lock_name == n, HISTORY.c.id <= cutoff))
+        newest = select(func.max(HISTORY.c.id)).scalar_subquery()
+        conn.execute(HISTORY.delete().where(HISTORY.c.id <= newest - self.HISTORY_KEEP))
 
     # -- fencing ---------------------------------------------------------------
     def fence(

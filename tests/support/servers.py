@@ -45,7 +45,8 @@ class PgServer:
 
     user = "postgres"
 
-    def __init__(self) -> None:
+    def __init__(self, extra: str = "") -> None:
+        self.extra = extra  # more server options, e.g. "-c shared_preload_libraries=..."
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="celery-master-pg-"))
         self.data = self.dir / "data"
@@ -74,7 +75,8 @@ class PgServer:
     def start(self) -> None:
         opts = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            f"{self.extra}"
         )
         subprocess.run(
             _as_postgres(
