@@ -1,14 +1,17 @@
 """One elector-only process (the elector code without a Celery worker), for bench/dbload.py.
 
 argv: database URL, number of lock names, seconds to run, node name. Prints one
-JSON line: statements sent, CPU seconds used, locks held at the end.
+JSON line: statements sent, CPU seconds used, locks held at the end. With
+seconds <= 0 it runs until SIGTERM and then hands its leases over.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from sqlalchemy import event
@@ -33,6 +36,12 @@ def main() -> None:
     jobs = [(MasterJob(f"LOCK-{i:02d}", lambda ctx: None), settings) for i in range(n_locks)]
     elector = Elector(store, jobs, Holder(node))
     elector.start()
+    if seconds <= 0:  # run until SIGTERM, then hand over like a worker's warm shutdown
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
+        elector.stop(timeout=5)
+        return
     time.sleep(seconds / 2)  # warm-up: elections and spread settle
     before, cpu0 = counts["statements"], sum(os.times()[:2])
     time.sleep(seconds / 2)

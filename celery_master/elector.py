@@ -40,6 +40,7 @@ from .store.leases import LeaseStore
 __all__ = ["Elector", "Role"]
 
 logger = logging.getLogger("celery_master")
+SPREAD_REASON = "spread:"
 MAX_BACKOFF = 2.0  # a standby polling a dead database costs little; recovery is fast
 
 
@@ -311,7 +312,7 @@ class Elector:
         for name in self.spread.surplus(mine):
             lk = self.locks[name]
             lk.hold_off_until = now + 2 * lk.settings.ttl
-            self._step_down(lk, "spread: handing over to a less loaded worker")
+            self._step_down(lk, f"{SPREAD_REASON} handing over to a less loaded worker")
             self._yield_after = now + self.member_period
 
     def _next_due(self) -> float:
@@ -385,19 +386,15 @@ class Elector:
                 lk.seen = None
             elif lease.holder is None:
                 lk.free_since = arrived if lk.free_since is None else lk.free_since
-                if self._admit(lk, arrived - lk.free_since, arrived):
-                    free.append(lk.name)
+                if not lease.yielded or self._admit(lk, arrived - lk.free_since, arrived):
+                    free.append(lk.name)  # a leaver's lease is taken at once (L2)
             else:
                 seen = (lease.holder, lease.epoch, lease.renewals)
                 if lk.seen != seen:
                     lk.seen, lk.seen_at = seen, arrived
                 ttl = max(lease.ttl or 0.0, lk.settings.ttl)
-                if arrived - lk.seen_at >= ttl and self._admit(
-                    lk, arrived - lk.seen_at - ttl, arrived
-                ):
+                if arrived - lk.seen_at >= ttl:  # a dead holder: take over at once (L1)
                     silent[lk.name] = (lease.epoch, lease.renewals)
-                elif arrived - lk.seen_at >= ttl:
-                    pass  # deferred by the spread; _admit scheduled the next look
                 else:
                     lk.next_check = min(lk.next_check, lk.seen_at + ttl)
         if missing:
@@ -482,7 +479,8 @@ class Elector:
             return
         try:
             why = {n: self.locks[n].stop_reason or "" for n in held}
-            freed = self.store.release(self.holder_id, held, why)
+            yielded = [n for n, reason in why.items() if reason.startswith(SPREAD_REASON)]
+            freed = self.store.release(self.holder_id, held, why, yielded)
         except SQLAlchemyError as exc:
             self._db_failed(exc)
             return

@@ -1,11 +1,13 @@
 """Spreading lock names over live workers: no coordinator, no flapping.
 
-With total weight W over N live workers the quota is ceil(W / N). A standby
-takes a lease at once while it stays within its quota, and otherwise only once
-the lease has stayed takeable for a grace period, so a worker under its quota
-wins it first, and no lease stays without a master because of the spread. A
-worker over its quota yields its surplus (graceful release with a hint) only
-when another live worker is under quota. ``prefer`` (a node-name glob) makes
+With total weight W over N live workers the quota is ceil(W / N). A worker
+hands a lease over (graceful release with a hint, marked *yielded*) only when
+it would still hold at least as much as the lightest live worker afterwards,
+so moves shrink differences and never go back and forth. A yielded lease is
+taken at once by a worker that stays within its quota, by others only after a
+grace period. The spread never delays a failover: a lease freed by a leaving
+worker, or silent because its holder died, is taken at once by whoever sees it
+first, and the balance is restored by later moves. ``prefer`` (a node-name glob) makes
 non-matching workers defer to matching ones. Live workers come from the
 member table in the lease database, which works on every broker (Celery's
 worker heartbeats need events, which many deployments switch off); liveness
@@ -68,16 +70,26 @@ class Spread:
         return held_weight + weight <= self.quota
 
     def surplus(self, held: list[Held]) -> list[str]:
-        """Lock names to hand over: preferred elsewhere first, then weight above quota."""
+        """Lock names to hand over: preferred elsewhere first, then moves that even out load.
+
+        A lease moves only if this worker still holds at least as much as the
+        receiver afterwards (load - w >= other + w): moves shrink differences,
+        so they cannot go back and forth.
+        """
         out = [h.lock_name for h in held if self._preferred_elsewhere(h.prefer)]
         kept = [h for h in held if h.lock_name not in out]
-        others = [m for m in self.members if m.holder != self.holder]
-        deficit = sum(max(0, self.quota - m.held) for m in others)
+        others = sorted(m.held for m in self.members if m.holder != self.holder)
         load = sum(h.weight for h in kept)
+        moved = 0
         for h in sorted(kept, key=lambda h: h.weight):
-            if load <= self.quota or deficit < h.weight:
-                break
+            if not others or (moved and load <= self.quota):
+                break  # within quota: one move per look, as others act on the same view
+            lightest = others[0]
+            if load - h.weight < lightest + h.weight:
+                continue
             out.append(h.lock_name)
+            moved += 1
             load -= h.weight
-            deficit -= h.weight
+            others[0] = lightest + h.weight
+            others.sort()
         return out

@@ -51,6 +51,7 @@ class Lease:
     ttl: float | None
     enabled: bool
     release_requested: bool
+    yielded: bool
     acquired_at: float | None
     renewed_at: float | None
     changed_at: float | None
@@ -168,6 +169,7 @@ class LeaseStore:
                 renewals=0,
                 ttl=case(dict(ttls), value=LEASE.c.lock_name, else_=LEASE.c.ttl),
                 release_requested=false(),
+                yielded=false(),
                 acquired_at=now,
                 renewed_at=now,
             )
@@ -201,9 +203,18 @@ class LeaseStore:
             return {r.lock_name: (r.enabled, r.release_requested) for r in conn.execute(stmt)}
 
     def release(
-        self, holder: str, held: Mapping[str, int], details: Mapping[str, str] | None = None
+        self,
+        holder: str,
+        held: Mapping[str, int],
+        details: Mapping[str, str] | None = None,
+        yielded: Iterable[str] = (),
     ) -> list[str]:
-        """Free the leases still held at their epoch; returns the names freed."""
+        """Free the leases still held at their epoch; returns the names freed.
+
+        ``yielded`` names are handed over by the spread: standbys over their quota
+        leave them to the others for a grace period. Any other release is taken
+        at once by whoever sees it first.
+        """
         if not held:
             return []
         stmt = (
@@ -212,7 +223,12 @@ class LeaseStore:
                 LEASE.c.holder == holder,
                 or_(*[and_(LEASE.c.lock_name == n, LEASE.c.epoch == e) for n, e in held.items()]),
             )
-            .values(holder=None, release_requested=false(), renewed_at=self.now)
+            .values(
+                holder=None,
+                release_requested=false(),
+                yielded=case((LEASE.c.lock_name.in_(list(yielded)), true()), else_=false()),
+                renewed_at=self.now,
+            )
             .returning(LEASE.c.lock_name)
         )
         with self.engine.begin() as conn:

@@ -37,6 +37,8 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table, Table]
         Column("ttl", Float, nullable=True),
         Column("enabled", Boolean, nullable=False, default=True),
         Column("release_requested", Boolean, nullable=False, default=False),
+        # freed by the spread, not by a leaving worker: under-quota workers take it first
+        Column("yielded", Boolean, nullable=False, default=False),
         Column("acquired_at", Float, nullable=True),
         Column("renewed_at", Float, nullable=True),
         Column("changed_at", Float, nullable=True),
