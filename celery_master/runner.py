@@ -68,29 +68,39 @@ class Runner:
         ).start()
 
     def _run_stop(self) -> None:
+        """Set ``stopped`` only once stop() and start() have really returned.
+
+        The lease is released only after that, so a voluntary hand-over never
+        lets another master start while this job still runs, and this process
+        never starts a new term of the lock meanwhile. A job that overruns its
+        bound is logged loudly; if it never returns, the lease is not renewed
+        and expires after the ttl (the only case where the bound is physical).
+        """
         began = time.monotonic()
-        deadline = began + self.stop_timeout
+        threads = []
         if self.job.stop is not None:
-            stopper = threading.Thread(target=self._call_stop, daemon=True)
+            stopper = threading.Thread(
+                target=self._call_stop,
+                name=f"celery-master-stop-{self.job.lock_name}",
+                daemon=True,
+            )
             stopper.start()
-            stopper.join(self.stop_timeout)
-            if stopper.is_alive():
-                logger.error(
-                    "celery-master: stop() of %r overran its %.1fs bound and still runs; "
-                    "the lease will be released anyway, so another master may start while it "
-                    "runs: make stop() return faster",
-                    self.job.lock_name,
-                    self.stop_timeout,
-                )
+            threads.append(("stop()", stopper))
         if self._start_thread is not None and self._start_thread is not threading.current_thread():
-            self._start_thread.join(max(0.0, deadline - time.monotonic()))
-            if self._start_thread.is_alive():
+            threads.append(("start()", self._start_thread))
+        for what, thread in threads:
+            thread.join(max(0.0, began + self.stop_timeout - time.monotonic()))
+            if thread.is_alive():
                 logger.error(
-                    "celery-master: start() of %r still runs %.1fs after stopping was set: "
-                    "let it return when ctx.stopping is set",
+                    "celery-master: %s of %r still runs %.1fs after stopping was set (bound "
+                    "%.1fs); the lease is held unrenewed until it returns and expires after the "
+                    "ttl: let it return when ctx.stopping is set",
+                    what,
                     self.job.lock_name,
                     time.monotonic() - began,
+                    self.stop_timeout,
                 )
+                thread.join()
         self.stopped.set()
         self.on_change()
 

@@ -371,6 +371,9 @@ class LeaseStore:
         )
         if self.dialect is Dialect.POSTGRESQL:
             conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {int(hold_ms)}"))
+            conn.execute(text(f"SET LOCAL lock_timeout = {int(hold_ms)}"))  # a busy lease table
             row = conn.execute(select(LEASE.c.epoch).where(cond).with_for_update(read=True))
-            return row.first() is not None
+            current = row.first() is not None
+            conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))  # the caller's writes: theirs
+            return current
         return conn.execute(LEASE.update().where(cond).values(epoch=LEASE.c.epoch)).rowcount == 1

@@ -11,6 +11,7 @@ import json
 import os
 import time
 
+import sqlalchemy as sa
 from celery import Celery, signals
 
 import celery_master
@@ -53,11 +54,56 @@ def journal(event: str, ctx: celery_master.MasterContext, **extra: object) -> No
         fh.write(json.dumps(line) + "\n")
 
 
+FENCED = os.environ.get("JOURNAL_FENCED") == "1"
+_engine = None
+FENCED_TICKS = sa.table(
+    "journal_fenced_tick",
+    sa.column("lock_name"),
+    sa.column("epoch"),
+    sa.column("holder"),
+    sa.column("at"),
+)
+
+
+def fenced_tick(ctx: celery_master.MasterContext) -> None:
+    """A write of the job's own, made conditional on the epoch through ctx.fence."""
+    global _engine
+    if _engine is None:
+        url = os.environ["CELERY_MASTER_DATABASE_URL"]
+        bounded = (
+            {"options": "-c statement_timeout=500 -c lock_timeout=500", "connect_timeout": 2}
+            if url.startswith("postgresql")
+            else {"timeout": 0.5}
+        )
+        _engine = sa.create_engine(url, pool_size=1, connect_args=bounded)
+        with _engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE IF NOT EXISTS journal_fenced_tick (lock_name VARCHAR(200), "
+                    "epoch BIGINT, holder VARCHAR(255), at FLOAT)"
+                )
+            )
+    try:
+        with _engine.begin() as conn:
+            ctx.fence(conn)
+            conn.execute(
+                FENCED_TICKS.insert().values(
+                    lock_name=ctx.lock_name, epoch=ctx.epoch, holder=ctx.holder, at=time.time()
+                )
+            )
+    except celery_master.NotMaster:
+        journal("fence-refused", ctx)
+    except sa.exc.SQLAlchemyError as exc:
+        journal("fence-error", ctx, error=type(exc).__name__)
+
+
 def start(ctx: celery_master.MasterContext) -> None:
     journal("start", ctx)
     while not ctx.stopping.wait(TICK):
         t = time.time()  # read before the check: a True answer then proves t was in-term
         journal("tick", ctx, is_master=ctx.is_master(), at=t)
+        if FENCED:
+            fenced_tick(ctx)
 
 
 def stop(ctx: celery_master.MasterContext) -> None:
