@@ -127,3 +127,17 @@ def test_worker_serves_tasks_and_logs_the_masked_database_url(make_cluster, pg_u
     log = worker.log_text()
     assert "leases in postgresql+psycopg2://postgres:***@127.0.0.1" in log
     assert "secret-pw" not in log
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_other_pools_elect_in_the_main_process_and_hand_over(make_cluster, sqlite_url, pool):
+    cluster = make_cluster(sqlite_url, **{**TIMING, "check_interval": 30})
+    cluster.pool = pool
+    cluster.extra_args = ["-c", "2"]
+    cluster.start_workers(2)
+    first = wait_for(cluster.master_pid, 15, "a first master")
+    assert first in {w.pid for w in cluster.workers}, "the job runs in the worker's main process"
+    term_at = cluster.signal(first, signal.SIGTERM)
+    new = cluster.wait_new_start(term_at, 15, exclude_pid=first)
+    assert new["pid"] in {w.pid for w in cluster.workers}
+    cluster.journal.assert_no_overlap(LOCK)

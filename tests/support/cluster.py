@@ -114,6 +114,7 @@ class Cluster:
     workers: list[Worker] = field(default_factory=list)
     counter: int = 0
     extra_args: list[str] = field(default_factory=list)
+    pool: str = "solo"
 
     @classmethod
     def create(
@@ -166,7 +167,7 @@ class Cluster:
                 "tests.apps.journal_app",
                 "worker",
                 "-P",
-                "solo",
+                self.pool,
                 "-n",
                 f"{name}@%h",
                 "-l",
