@@ -181,17 +181,19 @@ class Soak:
             lock = self.rng.choice(self.locks)
             action = self.rng.choice(["disable", "enable", "release"])
             words = [action, lock] + (["--reason", "chaos"] if action == "disable" else [])
+            issued = time.time()  # a window ends when the enable is *issued*: it may apply early
             result = self.cluster.celery("master", *words, timeout=60)
             if action == "disable" and result.returncode == 0:
-                self.disabled.setdefault(lock, time.time())
+                self.disabled.setdefault(lock, time.time())  # ... and starts once applied
             elif action == "enable" and lock in self.disabled:
-                self.control_windows.append((lock, self.disabled.pop(lock), time.time()))
+                self.control_windows.append((lock, self.disabled.pop(lock), issued))
         self.later(self.rng.uniform(1, 3), self.enable_all)
 
     def enable_all(self) -> None:
         for lock in list(self.disabled):
+            issued = time.time()
             self.cluster.celery("master", "enable", lock, timeout=60)
-            self.control_windows.append((lock, self.disabled.pop(lock), time.time()))
+            self.control_windows.append((lock, self.disabled.pop(lock), issued))
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -288,6 +290,7 @@ class Soak:
             "lost_control_commands": lost,
             "error_lines": len(error_lines),
             "error_samples": samples,
+            "control_windows": self.control_windows,
             "worker_crashes": crashes,
         }
 
@@ -372,9 +375,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--broker", choices=["filesystem", "redis"], default="filesystem")
     parser.add_argument("--fast", action="store_true", help="ttl 1.5 s instead of the default 4 s")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", type=Path, help="keep journal and logs in this folder")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="cm-chaos-") as tmp:
-        report = Soak(args, Path(tmp)).run()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        report = Soak(args, args.keep).run()
+    else:
+        with tempfile.TemporaryDirectory(prefix="cm-chaos-") as tmp:
+            report = Soak(args, Path(tmp)).run()
     if args.json:
         print(json.dumps(report))
     else:
