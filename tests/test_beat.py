@@ -14,14 +14,9 @@ from celery_master.errors import ConfigurationError, NotMaster
 from celery_master.job import MasterContext
 from celery_master.store import LeaseStore, create_lease_engine
 from celery_master.store.beat import BeatState
-from tests.support.cluster import wait_for
+from tests.support.cluster import FAST_TIMING, wait_for
 
-TIMING = {
-    "init_delay": 0.2,
-    "check_interval": 0.5,
-    "heartbeat_interval": 0.5,
-    "max_heartbeat_retry_count": 2,
-}
+TIMING = FAST_TIMING
 PERIOD = 1.0
 
 

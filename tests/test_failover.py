@@ -11,15 +11,10 @@ import time
 
 import pytest
 
-from tests.support.cluster import wait_for
+from tests.support.cluster import FAST_TIMING, wait_for
 
 LOCK = "JOB-SCHEDULER"
-TIMING = {
-    "init_delay": 0.2,
-    "check_interval": 0.5,
-    "heartbeat_interval": 0.5,
-    "max_heartbeat_retry_count": 2,
-}
+TIMING = FAST_TIMING
 
 
 def crash_bound(cluster) -> float:

@@ -12,16 +12,11 @@ import urllib.request
 
 from celery import Celery
 
-from tests.support.cluster import wait_for
+from tests.support.cluster import FAST_TIMING, wait_for
 from tests.support.servers import free_port
 
 LOCK = "JOB-SCHEDULER"
-TIMING = {
-    "init_delay": 0.2,
-    "check_interval": 0.5,
-    "heartbeat_interval": 0.5,
-    "max_heartbeat_retry_count": 2,
-}
+TIMING = FAST_TIMING
 
 
 def get(url: str) -> str:

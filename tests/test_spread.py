@@ -13,7 +13,7 @@ from celery_master.errors import ConfigurationError
 from celery_master.job import MasterJob
 from celery_master.spread import Held, Spread
 from celery_master.store.leases import Member
-from tests.support.cluster import wait_for
+from tests.support.cluster import FAST_TIMING, wait_for
 
 
 def spread(node="a@h", total=12, members=()):
@@ -62,12 +62,7 @@ def test_weight_and_prefer_options_are_validated():
 
 
 LOCKS = [f"L{i:02d}" for i in range(12)]
-TIMING = {
-    "init_delay": 0.2,
-    "check_interval": 0.5,
-    "heartbeat_interval": 0.5,
-    "max_heartbeat_retry_count": 2,
-}
+TIMING = FAST_TIMING
 
 
 def holders(cluster) -> Counter:

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["Cluster", "Journal", "wait_for"]
+__all__ = ["FAST_TIMING", "Cluster", "Journal", "wait_for"]
+
+#: timing for process tests: ttl 1.5 s, so faults resolve in seconds
+FAST_TIMING = {
+    "init_delay": 0.2,
+    "check_interval": 0.5,
+    "heartbeat_interval": 0.5,
+    "max_heartbeat_retry_count": 2,
+}
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
