@@ -9,6 +9,7 @@ database load grows with workers, not workers x lock names.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -32,7 +33,9 @@ from sqlalchemy.sql import ColumnElement
 
 from ..errors import ConfigurationError
 from .engine import Dialect, dialect_of
-from .schema import SCHEMA_VERSION, build_tables
+from .schema import SCHEMA_VERSION, add_missing_columns, build_tables
+
+logger = logging.getLogger("celery_master")
 
 __all__ = ["BEAT", "HISTORY", "LEASE", "MEMBER", "METADATA", "Lease", "LeaseStore", "Member"]
 
@@ -98,6 +101,8 @@ class LeaseStore:
             if self.dialect is Dialect.POSTGRESQL:  # workers booting together: one creates
                 conn.execute(text("SELECT pg_advisory_xact_lock(7275318)"))
             METADATA.create_all(conn, checkfirst=True)
+            for column in add_missing_columns(conn, METADATA):
+                logger.warning("celery-master: upgraded the lease database: added %s", column)
         with self.engine.begin() as conn:
             conn.execute(
                 self._insert(META)

@@ -11,15 +11,19 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Float,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    false,
+    inspect,
+    true,
 )
 
-__all__ = ["SCHEMA_VERSION", "MAX_LOCK_NAME", "build_tables"]
+__all__ = ["MAX_LOCK_NAME", "SCHEMA_VERSION", "add_missing_columns", "build_tables"]
 
 SCHEMA_VERSION = 1
 MAX_LOCK_NAME = 200
@@ -32,13 +36,13 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table, Table]
         metadata,
         Column("lock_name", String(MAX_LOCK_NAME), primary_key=True),
         Column("holder", String(255), nullable=True),
-        Column("epoch", BigInteger, nullable=False, default=0),
-        Column("renewals", BigInteger, nullable=False, default=0),
+        Column("epoch", BigInteger, nullable=False, default=0, server_default="0"),
+        Column("renewals", BigInteger, nullable=False, default=0, server_default="0"),
         Column("ttl", Float, nullable=True),
-        Column("enabled", Boolean, nullable=False, default=True),
-        Column("release_requested", Boolean, nullable=False, default=False),
+        Column("enabled", Boolean, nullable=False, default=True, server_default=true()),
+        Column("release_requested", Boolean, nullable=False, default=False, server_default=false()),
         # freed by the spread, not by a leaving worker: under-quota workers take it first
-        Column("yielded", Boolean, nullable=False, default=False),
+        Column("yielded", Boolean, nullable=False, default=False, server_default=false()),
         Column("acquired_at", Float, nullable=True),
         Column("renewed_at", Float, nullable=True),
         Column("changed_at", Float, nullable=True),
@@ -80,3 +84,34 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table, Table]
         Column("seen_at", Float, nullable=False),
     )
     return lease, meta, history, beat, member
+
+
+def add_missing_columns(conn: Connection, metadata: MetaData) -> list[str]:
+    """The upgrade path: add the columns a table created by an older version lacks.
+
+    Every column added after a release has a server default (or is nullable),
+    so ``ALTER TABLE ... ADD COLUMN`` is enough and old rows stay valid. Called
+    at start inside the schema transaction (serialised by an advisory lock on
+    PostgreSQL, by the write lock on SQLite); returns what it added.
+    """
+    added = []
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            ddl = column.type.compile(dialect=conn.dialect)
+            default = ""
+            if column.server_default is not None:
+                arg = column.server_default.arg  # type: ignore[attr-defined]
+                value = arg if isinstance(arg, str) else arg.compile(dialect=conn.dialect)
+                default = f" DEFAULT {value}"
+            null = "" if column.nullable or not default else " NOT NULL"
+            conn.exec_driver_sql(
+                f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}{default}{null}'
+            )
+            added.append(f"{table.name}.{column.name}")
+    return added

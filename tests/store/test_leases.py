@@ -118,3 +118,25 @@ def test_schema_newer_than_the_code_is_refused(store: LeaseStore):
         conn.execute(META.update().values(value="99"))
     with pytest.raises(ConfigurationError, match="schema version 99"):
         store.ensure_schema()
+
+
+def test_a_lease_table_from_an_older_version_is_upgraded_at_start(db_url: str):
+    """The upgrade path: columns added since are added with their defaults, rows kept."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:  # the lease table as an older celery-master created it
+        conn.exec_driver_sql(
+            "CREATE TABLE celery_master_lease (lock_name VARCHAR(200) PRIMARY KEY, "
+            "holder VARCHAR(255), epoch BIGINT NOT NULL DEFAULT 0, renewals BIGINT NOT NULL "
+            "DEFAULT 0, ttl FLOAT, enabled BOOLEAN NOT NULL DEFAULT TRUE, release_requested "
+            "BOOLEAN NOT NULL DEFAULT FALSE, acquired_at FLOAT, renewed_at FLOAT, changed_at "
+            "FLOAT, changed_by VARCHAR(255), reason TEXT)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO celery_master_lease (lock_name, holder, epoch) VALUES ('OLD', NULL, 7)"
+        )
+    engine.dispose()
+    store = LeaseStore(create_lease_engine(db_url, timeout=2.0))
+    store.ensure_schema()
+    lease = store.read(["OLD"])["OLD"]
+    assert lease.epoch == 7 and lease.yielded is False
+    assert store.acquire("h", ["OLD"], {}, {"OLD": 4.0}) == {"OLD": 8}
