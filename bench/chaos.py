@@ -90,8 +90,17 @@ class Soak:
     def later(self, delay: float, action: Any) -> None:
         self.pending.append((time.monotonic() + delay, action))
 
-    def restart(self, name: str, delay: float) -> None:
-        self.later(delay, lambda: self.cluster.start_worker(name))
+    def restart(self, worker: Any, delay: float) -> None:
+        """Start the same node name again once the old process has gone (never blocks:
+        a SIGCONT due meanwhile must still be sent)."""
+
+        def again() -> None:
+            if worker.alive():
+                self.later(0.2, again)
+            else:
+                self.cluster.start_worker(worker.name)
+
+        self.later(delay, again)
 
     def inject(self, kind: str) -> None:
         at = time.time()
@@ -106,11 +115,10 @@ class Soak:
             if kind == "kill9":
                 os.kill(pid, signal.SIGKILL)
                 self.killed[pid] = at
-                self.restart(worker.name, self.rng.uniform(0.5, 2))
+                self.restart(worker, self.rng.uniform(0.5, 2))
             elif kind in ("sigterm", "restart"):
                 os.kill(pid, signal.SIGTERM)
-                self.later(0, lambda: worker.proc.wait(60))
-                self.restart(worker.name, 0.1 if kind == "restart" else self.rng.uniform(0.5, 2))
+                self.restart(worker, 0.1 if kind == "restart" else self.rng.uniform(0.5, 2))
             else:
                 os.kill(pid, signal.SIGSTOP)
                 pause = self.ttl + self.rng.uniform(0.5, 2)
