@@ -193,15 +193,17 @@ class Soak:
             result = self.cluster.celery("master", *words, timeout=60)
             if action == "disable" and result.returncode == 0:
                 self.disabled.setdefault(lock, time.time())  # ... and starts once applied
-            elif action == "enable" and lock in self.disabled:
+            elif action == "enable" and lock in self.disabled and result.returncode == 0:
                 self.control_windows.append((lock, self.disabled.pop(lock), issued))
         self.later(self.rng.uniform(1, 3), self.enable_all)
 
     def enable_all(self) -> None:
         for lock in list(self.disabled):
             issued = time.time()
-            self.cluster.celery("master", "enable", lock, timeout=60)
-            self.control_windows.append((lock, self.disabled.pop(lock), issued))
+            if self.cluster.celery("master", "enable", lock, timeout=60).returncode == 0:
+                self.control_windows.append((lock, self.disabled.pop(lock), issued))
+        if self.disabled:  # the database was down: the operator tries again
+            self.later(1.0, self.enable_all)
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
