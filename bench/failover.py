@@ -85,6 +85,7 @@ def run(
                 continue
             for _ in range(repeats):
                 time.sleep(1.5)  # a few renewals: a steady state
+                wait_for(lambda: all(cluster.master_pid(n) for n in names), 60, "masters", 0.05)
                 pid = holder_of(cluster, names)
                 mine = [n for n in names if cluster.master_pid(n) == pid]
                 if scenario == "crash":
