@@ -18,6 +18,7 @@ Prints one table (median, min, max) and writes a timeline PNG with --png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import statistics
 import sys
@@ -161,10 +162,13 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite,postgresql")
     parser.add_argument("--scenarios", default="crash,graceful,outage")
     parser.add_argument("--png", type=Path, help="write a timeline picture here")
+    parser.add_argument("--keep", action="store_true", help="keep journals and worker logs")
     args = parser.parse_args()
     marks: list[tuple[str, str, float, float]] = []
     rows = []
-    with tempfile.TemporaryDirectory(prefix="cm-bench-") as tmp:
+    keep = contextlib.nullcontext(tempfile.mkdtemp(prefix="cm-bench-"))
+    with keep if args.keep else tempfile.TemporaryDirectory(prefix="cm-bench-") as tmp:
+        print(f"working in {tmp}", flush=True)
         for db in args.db.split(","):
             for n in (int(x) for x in args.locks.split(",")):
                 res = run(db, n, args.repeats, args.scenarios.split(","), Path(tmp), marks)

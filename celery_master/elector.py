@@ -64,7 +64,7 @@ class _Lock:
     next_renew: float = 0.0
     next_check: float = 0.0
     hold_off_until: float = 0.0
-    seen: tuple[str, int, int] | None = None
+    seen: tuple[str, int, int, str | None] | None = None
     seen_at: float = 0.0
     free_since: float | None = None
     enabled: bool = True
@@ -371,7 +371,7 @@ class Elector:
         arrived = self.clock()
         self._db_ok()
         free: list[str] = []
-        silent: dict[str, tuple[int, int]] = {}
+        silent: dict[str, tuple[int, int, str | None]] = {}
         missing: list[str] = []
         for lk in wanted:
             lk.next_check = arrived + lk.settings.check_interval
@@ -389,12 +389,12 @@ class Elector:
                 if not lease.yielded or self._admit(lk, arrived - lk.free_since, arrived):
                     free.append(lk.name)  # a leaver's lease is taken at once (L2)
             else:
-                seen = (lease.holder, lease.epoch, lease.renewals)
+                seen = (lease.holder, lease.epoch, lease.renewals, lease.token)
                 if lk.seen != seen:
                     lk.seen, lk.seen_at = seen, arrived
                 ttl = max(lease.ttl or 0.0, lk.settings.ttl)
                 if arrived - lk.seen_at >= ttl:  # a dead holder: take over at once (L1)
-                    silent[lk.name] = (lease.epoch, lease.renewals)
+                    silent[lk.name] = (lease.epoch, lease.renewals, lease.token)
                 else:
                     lk.next_check = min(lk.next_check, lk.seen_at + ttl)
         if missing:
@@ -409,7 +409,7 @@ class Elector:
         lk.next_check = min(lk.next_check, now + self.spread.grace - takeable_for)
         return False
 
-    def _acquire(self, free: list[str], silent: dict[str, tuple[int, int]]) -> None:
+    def _acquire(self, free: list[str], silent: dict[str, tuple[int, int, str | None]]) -> None:
         sent = self.clock()
         ttls = {n: self.locks[n].settings.ttl for n in [*free, *silent]}
         try:

@@ -152,7 +152,9 @@ def test_stale_master_can_neither_write_state_nor_send(sqlite_url):
     time.sleep(0.05)
     old.tick()
     assert sent_old == ["a"]
-    store.acquire("new", [], {"celery-beat": (1, 0)}, {"celery-beat": 4.0})  # taken over
+    store.acquire(
+        "new", [], {"celery-beat": (1, 0, store.read()["celery-beat"].token)}, {"celery-beat": 4.0}
+    )  # taken over
     time.sleep(0.05)
     old.tick()
     assert sent_old == ["a"], "a stale master sent a task"

@@ -42,6 +42,7 @@ def test_flower_shows_the_master_field_and_survives_master_events(
             "flower",
             f"--port={port}",
             "--address=127.0.0.1",
+            "--inspect_timeout=10000",  # ms: a loaded machine answers inspect slowly
         ],
         cwd=cluster.dir,
         env=env,

@@ -10,6 +10,7 @@ database load grows with workers, not workers x lock names.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ class Lease:
     enabled: bool
     release_requested: bool
     yielded: bool
+    token: str | None
     acquired_at: float | None
     renewed_at: float | None
     changed_at: float | None
@@ -142,10 +144,10 @@ class LeaseStore:
         self,
         holder: str,
         free: Iterable[str],
-        silent: Mapping[str, tuple[int, int]],
+        silent: Mapping[str, tuple[int, int, str | None]],
         ttls: Mapping[str, float],
     ) -> dict[str, int]:
-        """Take free leases, and silent ones still at the seen (epoch, renewals).
+        """Take free leases, and silent ones still at the seen (epoch, renewals, token).
 
         Returns {lock_name: new epoch} for the names won. The epoch bump is the
         fencing token: the previous holder's renewals and fenced writes fail.
@@ -154,12 +156,13 @@ class LeaseStore:
         free = list(free)
         if free:
             conds.append(and_(LEASE.c.lock_name.in_(free), LEASE.c.holder.is_(None)))
-        for name, (epoch, renewals) in silent.items():
+        for name, (epoch, renewals, token) in silent.items():
             conds.append(
                 and_(
                     LEASE.c.lock_name == name,
                     LEASE.c.epoch == epoch,
                     LEASE.c.renewals == renewals,
+                    LEASE.c.token.is_not_distinct_from(token),
                 )
             )
         if not conds:
@@ -175,6 +178,7 @@ class LeaseStore:
                 ttl=case(dict(ttls), value=LEASE.c.lock_name, else_=LEASE.c.ttl),
                 release_requested=false(),
                 yielded=false(),
+                token=uuid.uuid4().hex,
                 acquired_at=now,
                 renewed_at=now,
             )

@@ -43,6 +43,9 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table, Table]
         Column("release_requested", Boolean, nullable=False, default=False, server_default=false()),
         # freed by the spread, not by a leaving worker: under-quota workers take it first
         Column("yielded", Boolean, nullable=False, default=False, server_default=false()),
+        # random per acquisition: a standby's (epoch, renewals) observation can never match a
+        # later term even if a database that lost commits hands the same epoch out twice
+        Column("token", String(32), nullable=True),
         Column("acquired_at", Float, nullable=True),
         Column("renewed_at", Float, nullable=True),
         Column("changed_at", Float, nullable=True),

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from celery_master.store import LeaseStore, create_lease_engine
+from celery_master.store.leases import LEASE
 
 
 @pytest.fixture
@@ -31,14 +32,16 @@ def test_silent_lease_is_taken_only_at_the_seen_epoch_and_renewals(store: LeaseS
     seen = store.read(["A"])["A"]
     assert seen.renewals == 1
     store.renew("h1", {"A": 1})  # the holder is alive: the seen value is stale
-    assert store.acquire("h2", [], {"A": (seen.epoch, seen.renewals)}, {"A": 4.0}) == {}
+    assert store.acquire("h2", [], {"A": (seen.epoch, seen.renewals, seen.token)}, {"A": 4.0}) == {}
     now = store.read(["A"])["A"]
-    assert store.acquire("h2", [], {"A": (now.epoch, now.renewals)}, {"A": 4.0}) == {"A": 2}
+    assert store.acquire("h2", [], {"A": (now.epoch, now.renewals, now.token)}, {"A": 4.0}) == {
+        "A": 2
+    }
 
 
 def test_renewal_fails_for_a_holder_whose_epoch_was_taken_over(store: LeaseStore):
     store.acquire("h1", ["A", "B"], {}, {"A": 4.0, "B": 4.0})
-    store.acquire("h2", [], {"A": (1, 0)}, {"A": 4.0})
+    store.acquire("h2", [], {"A": (1, 0, store.read(["A"])["A"].token)}, {"A": 4.0})
     assert store.renew("h1", {"A": 1, "B": 1}) == {"B": (True, False)}
     assert store.release("h1", {"A": 1}) == [], "only the holder may end its lease"
     assert store.read(["A"])["A"].holder == "h2"
@@ -103,7 +106,7 @@ def test_fence_accepts_the_current_epoch_and_refuses_a_stale_one(store: LeaseSto
     engine = create_engine(db_url)
     with engine.begin() as conn:
         assert store.fence(conn, "A", 1, "h1", 1000)
-    store.acquire("h2", [], {"A": (1, 0)}, {"A": 4.0})
+    store.acquire("h2", [], {"A": (1, 0, store.read(["A"])["A"].token)}, {"A": 4.0})
     with engine.begin() as conn:
         assert not store.fence(conn, "A", 1, "h1", 1000)
         assert store.fence(conn, "A", 2, "h2", 1000)
@@ -140,3 +143,19 @@ def test_a_lease_table_from_an_older_version_is_upgraded_at_start(db_url: str):
     lease = store.read(["OLD"])["OLD"]
     assert lease.epoch == 7 and lease.yielded is False
     assert store.acquire("h", ["OLD"], {}, {"OLD": 4.0}) == {"OLD": 8}
+
+
+def test_a_repeated_epoch_cannot_fool_a_standby(store: LeaseStore):
+    """Regression (bench/failover.py, a database stopped with -m immediate and
+    synchronous_commit=off): the database forgot an acquisition, the same holder
+    re-acquired at the same epoch with renewals 0, and a standby whose old
+    observation matched (holder, epoch, renewals) took over a live term."""
+    store.acquire("h1", ["A"], {}, {"A": 4.0})
+    seen = store.read(["A"])["A"]
+    store.release("h1", {"A": 1})
+    with store.engine.begin() as conn:  # what the lost commits leave: the old epoch again
+        conn.execute(LEASE.update().values(epoch=0, renewals=0))
+    store.acquire("h1", ["A"], {}, {"A": 4.0})
+    again = store.read(["A"])["A"]
+    assert (again.holder, again.epoch, again.renewals) == (seen.holder, seen.epoch, seen.renewals)
+    assert store.acquire("h2", [], {"A": (seen.epoch, seen.renewals, seen.token)}, {"A": 4.0}) == {}
