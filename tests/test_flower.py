@@ -20,14 +20,14 @@ TIMING = FAST_TIMING
 
 
 def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback only)
+    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 (loopback only)
         return resp.read().decode()
 
 
 def test_flower_shows_the_master_field_and_survives_master_events(
     make_cluster, pg_url, redis_server
 ):
-    cluster = make_cluster(pg_url, broker_url=redis_server.url, **TIMING)
+    cluster = make_cluster(pg_url, broker_url=redis_server.url.replace("/0", "/9"), **TIMING)
     cluster.start_workers(2)
     master_pid = wait_for(cluster.master_pid, 15, "a master")
     port = free_port()
@@ -42,7 +42,7 @@ def test_flower_shows_the_master_field_and_survives_master_events(
             "flower",
             f"--port={port}",
             "--address=127.0.0.1",
-            "--inspect_timeout=10000",  # ms: a loaded machine answers inspect slowly
+            "--inspect_timeout=3000",  # ms: a loaded machine answers inspect slowly
         ],
         cwd=cluster.dir,
         env=env,
@@ -52,11 +52,15 @@ def test_flower_shows_the_master_field_and_survives_master_events(
     try:
         base = f"http://127.0.0.1:{port}"
 
+        seen: list = []
+
         def workers_with_field():
             try:
                 data = json.loads(get(f"{base}/api/workers?refresh=1"))
-            except OSError:
+            except OSError as exc:
+                seen[:] = [repr(exc)]
                 return None
+            seen[:] = [{n: sorted(w) if isinstance(w, dict) else w for n, w in data.items()}]
             found = {
                 n: w["stats"]["master"]
                 for n, w in data.items()
@@ -64,7 +68,10 @@ def test_flower_shows_the_master_field_and_survives_master_events(
             }
             return found if len(found) == 2 else None
 
-        fields = wait_for(workers_with_field, 60, "Flower's /api/workers to show the field", 0.5)
+        try:
+            fields = wait_for(workers_with_field, 60, "/api/workers to show the field", 0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last answer: {seen}") from None
         roles = sorted(f[LOCK]["role"] for f in fields.values())
         assert roles == ["master", "standby"]
         assert all("secret-pw" not in json.dumps(f) for f in fields.values())
@@ -86,9 +93,9 @@ def test_flower_shows_the_master_field_and_survives_master_events(
 
 
 def test_role_changes_reach_event_consumers(make_cluster, pg_url, redis_server):
-    cluster = make_cluster(pg_url, broker_url=redis_server.url, **TIMING)
+    cluster = make_cluster(pg_url, broker_url=redis_server.url.replace("/0", "/10"), **TIMING)
     seen: list[dict] = []
-    app = Celery(broker=redis_server.url)
+    app = Celery(broker=redis_server.url.replace("/0", "/10"))
     ready, done = threading.Event(), threading.Event()
 
     def listen() -> None:
