@@ -107,8 +107,8 @@ def run(
                     time.sleep(cluster.ttl)  # long enough that every master must stop
                     stops = [e["t"] - down for e in cluster.journal.events("stop") if e["t"] > down]
                     results.setdefault("outage-stop", []).extend(stops)
+                    at = time.time()  # a new master may start before pg_ctl returns
                     server.start()
-                    at = time.time()
                     starts = next_starts(cluster, names, at, 60)
                     results[scenario] += [max(0.0, t - at) for t in starts]
                 marks.append((f"{db}/{n_locks}", scenario, at, max(starts)))
