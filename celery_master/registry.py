@@ -97,9 +97,3 @@ def master_job(app: Celery, lock_name: str, **options: Any) -> Callable[[JobCall
 def jobs_of(app: Celery) -> list[MasterJob]:
     with _lock:
         return list(_jobs.get(app, {}).values())
-
-
-def unregister_all(app: Celery) -> None:
-    """Forget an app's jobs (tests that build many apps in one process)."""
-    with _lock:
-        _jobs.pop(app, None)

@@ -339,17 +339,6 @@ class LeaseStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt)]
 
-    def record(
-        self,
-        lock_name: str,
-        event: str,
-        holder: str | None,
-        epoch: int | None,
-        detail: str | None = None,
-    ) -> None:
-        with self.engine.begin() as conn:
-            self._record(conn, [(lock_name, event, holder, epoch, detail)])
-
     HISTORY_KEEP = 10_000  # rows over all lock names; one trim per state change
 
     def _record(self, conn: Connection, events: list[tuple]) -> None:  # type: ignore[type-arg]
