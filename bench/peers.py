@@ -29,6 +29,7 @@ from bench.beatlib import (  # noqa: E402
     median_or_cap,
     run_system,
 )
+from tests.support.cluster import worker_argv  # noqa: E402
 from tests.support.servers import PgServer, RedisServer  # noqa: E402
 
 VENV = ROOT / "bench" / ".venv-peers"
@@ -56,23 +57,7 @@ def ours(tmp: Path, redis_url: str, db_url: str) -> System:
     )
     return System(
         "celery-master",
-        lambda i: [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.apps.journal_app",
-            "worker",
-            "-P",
-            "solo",
-            "-n",
-            f"w{i}@%h",
-            "-l",
-            "info",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
+        lambda i: worker_argv(f"w{i}"),
         env,
         journal,
         ready=lambda log: "ready." in log.read_text(errors="replace"),

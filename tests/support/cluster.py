@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["FAST_TIMING", "Cluster", "Journal", "wait_for"]
+__all__ = ["FAST_TIMING", "Cluster", "Journal", "wait_for", "worker_argv"]
 
 #: timing for process tests: ttl 1.5 s, so faults resolve in seconds
 FAST_TIMING = {
@@ -41,6 +41,27 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(step)
+
+
+def worker_argv(name: str, pool: str = "solo") -> list[str]:
+    """The ``celery worker`` command line of the journal app (tests and benchmarks)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.apps.journal_app",
+        "worker",
+        "-P",
+        pool,
+        "-n",
+        f"{name}@%h",
+        "-l",
+        "info",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
 
 
 @dataclass
@@ -167,24 +188,7 @@ class Cluster:
         name = name or f"w{self.counter}"
         log = self.dir / f"{name}-{self.counter}.log"
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.apps.journal_app",
-                "worker",
-                "-P",
-                self.pool,
-                "-n",
-                f"{name}@%h",
-                "-l",
-                "info",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                *self.extra_args,
-            ],
+            [*worker_argv(name, self.pool), *self.extra_args],
             cwd=self.dir,
             env=self.env,
             stdout=log.open("w"),
