@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import clock as _clock
 from .errors import ConfigurationError, NotMaster
 from .settings import TIMING_NAMES, resolve_job_settings
 from .store.schema import MAX_LOCK_NAME
@@ -96,7 +96,7 @@ class MasterContext:
         holder: str,
         deadline: float,
         fence: Callable[[Any, MasterContext], bool] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = _clock.now,
     ) -> None:
         self.lock_name = lock_name
         self.epoch = epoch
@@ -106,6 +106,18 @@ class MasterContext:
         self._revoked = False
         self._fence = fence
         self._clock = clock
+        self.progress: tuple[float, float | None] | None = None  # (clock instant, within)
+
+    def alive(self, within: float | None = None) -> None:
+        """Report progress: the job is doing its work, not merely holding the lease.
+
+        ``within`` (seconds) is how soon the next report is due; ``celery master
+        status --check`` calls a master unhealthy once a report is that late.
+        No I/O: the next renewal carries it to the lease row.
+        """
+        if within is not None and (not isinstance(within, (int, float)) or within <= 0):
+            raise ConfigurationError(f"ctx.alive(within={within!r}): within must be > 0 seconds")
+        self.progress = (self._clock(), None if within is None else float(within))
 
     def is_master(self) -> bool:
         return not self._revoked and self._clock() < self._deadline
