@@ -107,6 +107,7 @@ class MasterContext:
         self._fence = fence
         self._clock = clock
         self.progress: tuple[float, float | None] | None = None  # (clock instant, within)
+        self.error: str | None = None
 
     def alive(self, within: float | None = None) -> None:
         """Report progress: the job is doing its work, not merely holding the lease.
@@ -118,6 +119,13 @@ class MasterContext:
         if within is not None and (not isinstance(within, (int, float)) or within <= 0):
             raise ConfigurationError(f"ctx.alive(within={within!r}): within must be > 0 seconds")
         self.progress = (self._clock(), None if within is None else float(within))
+
+    def report_error(self, message: str | None) -> None:
+        """Show a problem the job is riding out (e.g. its database blipped) in ``master_status``.
+
+        ``None`` clears it. The job keeps its term: this is for operators, not the election.
+        """
+        self.error = None if message is None else str(message)[:500]
 
     def is_master(self) -> bool:
         return not self._revoked and self._clock() < self._deadline
