@@ -220,7 +220,7 @@ def test_read_only_database_is_reported_once_and_never_crashes(tmp_path, elector
         electors.append(make(url, "n", rec))
         electors[0].start()
         time.sleep(FAST.check_interval * 6)
-    assert rec.events == [] and electors[0]._threads[0].is_alive()
+    assert rec.events == [] and electors[0]._thread.is_alive()
     failing = [r for r in caplog.records if "lease database" in r.getMessage()]
     assert len(failing) == 1 and "readonly" in failing[0].getMessage()
 
