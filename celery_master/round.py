@@ -37,6 +37,7 @@ class Round:
         self.next_tick = 0.0
         self.next_member = 0.0
         self.refreshes = 0
+        self.published = -1  # the load in this worker's member row
         self._yield_after = 0.0
         self._hinted: set[str] = set()
         self._lock = threading.Lock()
@@ -51,6 +52,7 @@ class Round:
         locks = list(e.locks.values())
         e.terms.free_stopped(locks)
         now = e.clock()
+        self.next_tick = min(self.next_tick, self._next_due(now))  # a freed name is due now
         with self._lock:
             hinted, self._hinted = self._hinted, set()
         if not hinted and now < self.next_tick:
@@ -65,7 +67,11 @@ class Round:
             and not e.spread.deferred(lk.name, lk.prefer)
         ]
         renew = {lk.name: self._renewal(lk, now) for lk in held}
-        member = self._member_beat() if now >= self.next_member else None
+        load = sum(lk.weight for lk in locks if lk.role is Role.MASTER)
+        # a changed load is published in this round: peers' spread must not act on a stale one
+        member = (
+            self._member_beat(load) if now >= self.next_member or load != self.published else None
+        )
         ttls = {lk.name: lk.settings.ttl for lk in locks}
         sent = e.clock()
         try:
@@ -82,7 +88,9 @@ class Round:
         for name, epoch in result.taken.items():
             e.terms.begin(e.locks[name], epoch, sent)
         if result.members is not None:
+            assert member is not None
             self.refreshes += 1
+            self.published = member.held
             self.next_member = arrived + self.member_period
             e.spread.update(result.members)
         self._judge([lk for lk in wanted if lk.name not in result.taken], result.leases, arrived)
@@ -100,13 +108,12 @@ class Round:
         at, within = progress
         return Renewal(lk.epoch, max(0.0, now - at), within)
 
-    def _member_beat(self) -> MemberBeat:
+    def _member_beat(self, held: int) -> MemberBeat:
         e = self.e
-        held = sum(lk.weight for lk in e.locks.values() if lk.role is Role.MASTER)
         return MemberBeat(
             e.holder_id,
-            e.holder.node_name,
-            e.spread.app,
+            e.holder.node_name[:255],
+            e.spread.app[:255],
             e.spread.locks,
             held,
             self.member_window,
