@@ -132,5 +132,5 @@ class Terms:
     def _fence(self, connection: Any, ctx: MasterContext) -> bool:
         timing = self.settings[ctx.lock_name]
         hold_ms = int(timing.heartbeat_interval * 1000)  # idle: ended by the server
-        busy_ms = int(timing.self_stop_after * 1000)  # each statement after the fence
+        busy_ms = int(timing.ttl * 1000)  # each statement after the fence
         return self.store.fence(connection, ctx.lock_name, ctx.epoch, ctx.holder, hold_ms, busy_ms)

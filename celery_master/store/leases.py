@@ -34,6 +34,7 @@ from sqlalchemy.sql import ColumnElement
 
 from ..errors import ConfigurationError, NotMaster
 from .engine import Dialect, dialect_of
+from .fence import explain_fence_errors
 from .history import record
 from .members import beat_member, leave_member, read_members
 from .operator import OperatorStatements
@@ -338,6 +339,7 @@ class LeaseStore(OperatorStatements):
         )
         try:
             if self.dialect is Dialect.POSTGRESQL:
+                explain_fence_errors(conn, lock_name, epoch, hold_ms)
                 conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {hold_ms:d}"))
                 conn.execute(text(f"SET LOCAL lock_timeout = {hold_ms:d}"))
                 row = conn.execute(
