@@ -10,6 +10,7 @@ over. Worst-case crash failover = ttl + check_interval + one round trip.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -22,7 +23,9 @@ from .errors import ConfigurationError
 __all__ = [
     "DEFAULTS",
     "TIMING_NAMES",
+    "MISFIRE_POLICIES",
     "JobSettings",
+    "resolve_beat_misfire",
     "resolve_database_url",
     "resolve_job_settings",
 ]
@@ -37,6 +40,7 @@ DEFAULTS: dict[str, float | int] = {
 DEFAULT_SQLITE_FILE = "celery-master.sqlite3"
 SINGLE_HOST_BROKERS = ("filesystem", "memory")
 ENV_PREFIX = "CELERY_MASTER_"
+MISFIRE_POLICIES = ("once", "skip")
 
 
 @dataclass(frozen=True)
@@ -144,3 +148,38 @@ def resolve_database_url(conf: Any, environ: Mapping[str, str] | None = None) ->
         "app.conf.master_database_url (or CELERY_MASTER_DATABASE_URL) to a database all "
         "workers share, e.g. postgresql+psycopg2://user:pw@db/proj"
     )
+
+
+def resolve_beat_misfire(conf: Any, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``master_beat_misfire``: {entry name: "once" | "skip"}; entries not named fire once.
+
+    What a new beat master does with the slots of an entry missed during the
+    failover gap: ``once`` sends one now (Celery's default), ``skip`` waits for
+    the next slot. Environment: ``CELERY_MASTER_BEAT_MISFIRE`` as a JSON object.
+    """
+    env = os.environ if environ is None else environ
+    key = ENV_PREFIX + "BEAT_MISFIRE"
+    source, raw = "app.conf.master_beat_misfire", _conf_get(conf, "master_beat_misfire")
+    if env.get(key, "").strip():
+        source = f"environment variable {key}"
+        try:
+            raw = json.loads(env[key])
+        except ValueError:
+            raise ConfigurationError(
+                f'{source} is not JSON: use e.g. {key}=\'{{"entry-name": "skip"}}\''
+            ) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError(
+            f"{source} ({raw!r}) must map beat entry names to a policy, e.g. {{'report': 'skip'}}"
+        )
+    out: dict[str, str] = {}
+    for name, policy in raw.items():
+        if policy not in MISFIRE_POLICIES:
+            raise ConfigurationError(
+                f"{source}: unknown misfire policy {policy!r} for entry {name!r}: "
+                f"use one of {', '.join(MISFIRE_POLICIES)}"
+            )
+        out[str(name)] = str(policy)
+    return out
