@@ -53,10 +53,12 @@ def install(app: Celery) -> None:
     no job but wants ``celery worker --master-beat``.
     """
     from .bootstep import MasterStep  # the step imports control, which needs the app loaded
+    from .broadcast import BroadcastStep
 
     with _lock:
         if MasterStep not in app.steps["worker"]:
             app.steps["worker"].add(MasterStep)
+        app.steps["consumer"].add(BroadcastStep)  # a set: adding twice is a no-op
         options = app.user_options["worker"]
         if not any("--master-beat" in getattr(o, "opts", ()) for o in options):
             options.add(
