@@ -237,3 +237,44 @@ def test_a_late_disable_never_undoes_a_later_enable(make_cluster, sqlite_url):
     )
     assert lease(sqlite_url).enabled, "a late disable undid the later enable"
     assert cluster.master_pid() == master["pid"], "the lock lost its master"
+
+
+def test_a_storm_of_commands_never_holds_the_main_loop_while_sql_is_pending(sqlite_url):
+    """The first command waits (bounded) for the lease database; the others are refused at once."""
+    import threading
+    from types import SimpleNamespace
+
+    from celery_master.broadcast import Broadcasts
+    from celery_master.control import SQL_WAIT, mastercontrol
+    from celery_master.elector import Elector
+    from celery_master.holder import Holder
+    from celery_master.job import MasterJob
+    from celery_master.settings import JobSettings
+
+    store = LeaseStore(create_lease_engine(sqlite_url))
+    store.ensure_schema()
+    elector = Elector(
+        store, [(MasterJob(LOCK, lambda ctx: None), JobSettings())], Holder.for_node("t@h")
+    )
+    consumer = SimpleNamespace(steps=[], controller=SimpleNamespace(master_elector=elector))
+    consumer.master_broadcasts = Broadcasts(consumer)
+    state = SimpleNamespace(consumer=consumer)
+    stuck = threading.Event()
+    elector.submit(lambda _store: stuck.wait(30))  # the database hangs: SQL stays pending
+    try:
+        began = time.monotonic()
+        first = mastercontrol(state, "disable", LOCK, "storm")
+        assert "did not answer" in first["error"]
+        assert time.monotonic() - began < SQL_WAIT + 1
+        took = []
+        for _ in range(200):
+            t = time.monotonic()
+            reply = mastercontrol(state, "disable", LOCK, "storm")
+            took.append(time.monotonic() - t)
+            assert "still waits for the lease database" in reply["error"]
+        took.sort()
+        assert took[len(took) // 2] < 0.01 and took[-1] < 0.5, f"median {took[len(took) // 2]}"
+    finally:
+        stuck.set()
+    wait_for(lambda: consumer.master_broadcasts.pending.done(), 10, "the pending command")
+    assert mastercontrol(state, "enable", LOCK)["ok"]["enabled"] is True
