@@ -130,3 +130,22 @@ def test_a_worker_whose_broker_spans_hosts_refuses_to_start_without_a_shared_dat
     assert "master_database_url" in log, log[-3000:]
     assert ("in-memory SQLite" if lease_db else "(redis://) may span several hosts") in log
     assert not cluster.journal.starts(), "a master job ran"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db?password=pw&sslmode=require", "postgresql://u@h/db?password=***"),
+        ("postgresql://u@h/db?sslpassword=pw", "postgresql://u@h/db?sslpassword=***"),
+        ("postgresql://u:pw@h:notaport/db?password=pw", "postgresql://***@h:notaport/***"),
+        ("x://u:pw@[bad/db?password=pw", "x://u:***@[bad/db?password=***"),
+        ("u:pw@h/db", "*** (not a URL)"),
+    ],
+)
+def test_mask_url_hides_every_password(url, shown):
+    from celery_master.store.engine import mask_url
+
+    masked = mask_url(url)
+    assert masked.startswith(shown)
+    assert "pw" not in masked.replace("password", "").replace("sslpassword", "")
