@@ -55,11 +55,16 @@ class Broadcasts:
         return False
 
     def on_message(self, body: Any, message: Any) -> None:
-        """Runs on the main loop for every broadcast, right before Celery dispatches it."""
-        headers = getattr(message, "headers", None) or {}
-        expires = headers.get("expires")
-        self.expires = float(expires) if isinstance(expires, (int, float)) and expires else None
+        """Runs on the main loop for every broadcast, right before Celery dispatches it.
+
+        Never raises: an exception here would keep Celery from dispatching the message.
+        """
         self.received = time.time()
+        try:
+            expires = (getattr(message, "headers", None) or {}).get("expires")
+        except Exception:  # a transport's odd message object: treat as no header
+            expires = None
+        self.expires = float(expires) if isinstance(expires, (int, float)) and expires else None
 
     def expired_for(self) -> float | None:
         """Seconds the broadcast in hand had expired when it arrived; None if it had not.
