@@ -52,16 +52,37 @@ def dialect_of(url: URL) -> Dialect:
         ) from None
 
 
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword", "secret", "token")
+MASK = "***"
+
+
 def mask_url(url: str | URL) -> str:
-    """The URL with its password hidden; safe for logs, stats and the CLI."""
+    """The URL with its password hidden, in the userinfo and the query; safe for logs and stats.
+
+    A URL that cannot be parsed is never returned as it is (it may hold a
+    password where a parser would not look): its userinfo, path and query
+    are hidden, only the scheme and host stay.
+    """
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        text = str(url)
-        if "@" in text and "://" in text:
-            scheme, rest = text.split("://", 1)
-            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        return text
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return _mask_unparsed(str(url))
+    query = {
+        k: (MASK if any(s in k.lower() for s in SECRET_QUERY_KEYS) else v)
+        for k, v in parsed.query.items()
+    }
+    rendered = parsed.set(query=query).render_as_string(hide_password=True)
+    return rendered.replace("%2A%2A%2A", MASK)
+
+
+def _mask_unparsed(text: str) -> str:
+    if "://" not in text:
+        return f"{MASK} (not a URL)"
+    scheme, rest = text.split("://", 1)
+    host = rest.rsplit("@", 1)[1] if "@" in rest else rest
+    host = host.split("/", 1)[0].split("?", 1)[0]
+    userinfo = f"{MASK}@" if "@" in rest else ""
+    return f"{scheme}://{userinfo}{host}/{MASK}"
 
 
 def sqlite_path(url: str | URL) -> Path | None:
