@@ -8,11 +8,17 @@ subclass writes every file under a temporary name and renames it into place,
 so readers only ever see whole files, and serialises binding updates with a
 lock file. Use it with ``broker_url = "filesystem://"`` and
 ``broker_transport = "celery_master.transport:FilesystemTransport"``.
+
+It relies on kombu internals that exist from kombu 5.3.0 on (``Channel`` with
+``control_folder``, ``exchange_queue_t``, ``lock``/``unlock``); kombu 5.7 added
+``Channel._exchange_file``, which checks exchange names, and older kombu gets
+the same check here, so the package's ``kombu>=5.3`` floor is true.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +39,21 @@ def _write_whole(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+_EXCHANGE_NAME = re.compile(r"\A[A-Za-z0-9._-]*\Z")  # kombu 5.7's rule; "" is the default
+
+
 class FilesystemChannel(filesystem.Channel):
+    if not hasattr(filesystem.Channel, "_exchange_file"):  # kombu < 5.7
+
+        def _exchange_file(self, exchange: str) -> Path:
+            """The exchange's binding file; a name that could leave the folder is refused."""
+            folder = Path(self.control_folder)
+            file = folder / f"{exchange}.exchange"
+            bad = not isinstance(exchange, str) or not _EXCHANGE_NAME.match(exchange)
+            if bad or (exchange and not exchange.strip(".")) or file.parent != folder:
+                raise filesystem.ChannelError(f"Invalid exchange name: {exchange!r}")
+            return file
+
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
         try:
