@@ -5,8 +5,9 @@ reader on another process can move and read it in between: it gets an empty
 payload and the worker dies with ``Unrecoverable error: JSONDecodeError``. Its
 exchange (binding) files have the same window when workers boot together. This
 subclass writes every file under a temporary name and renames it into place,
-so readers only ever see whole files, and serialises binding updates with a
-lock file. Use it with ``broker_url = "filesystem://"`` and
+so readers only ever see whole files, serialises binding updates with a
+lock file, and creates its folders when a connection first opens a channel.
+Use it with ``broker_url = "filesystem://"`` and
 ``broker_transport = "celery_master.transport:FilesystemTransport"``.
 
 It relies on kombu internals that exist from kombu 5.3.0 on (``Channel`` with
@@ -43,6 +44,12 @@ _EXCHANGE_NAME = re.compile(r"\A[A-Za-z0-9._-]*\Z")  # kombu 5.7's rule; "" is t
 
 
 class FilesystemChannel(filesystem.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Create the broker folders on first use, so an app module need not at import."""
+        super().__init__(*args, **kwargs)
+        for folder in {self.data_folder_in, self.data_folder_out, self.control_folder}:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+
     if not hasattr(filesystem.Channel, "_exchange_file"):  # kombu < 5.7
 
         def _exchange_file(self, exchange: str) -> Path:

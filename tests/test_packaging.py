@@ -222,7 +222,6 @@ app.conf.update(
     master_heartbeat_interval=0.5,
     master_max_heartbeat_retry_count=2,
 )
-(DATA / "broker").mkdir(parents=True, exist_ok=True)
 
 
 def start(ctx):
