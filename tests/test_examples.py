@@ -87,3 +87,16 @@ def test_importing_the_example_app_creates_nothing_until_a_connection_opens(tmp_
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["[]", "['broker', 'control']"]
+
+
+def test_the_readme_first_screen_has_install_example_commands_and_ha_beat():
+    first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:60])
+    for needed in (
+        'pip install "celery-master[postgres]"',
+        "celery_master.register(app,",
+        "./scripts/demo",
+        "./scripts/test",
+        "app.conf.master_beat = True",
+        "docs/ha-beat.md",
+    ):
+        assert needed in first_screen, f"{needed!r} is not in the README's first 60 lines"
