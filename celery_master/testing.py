@@ -120,6 +120,13 @@ class MasterCluster:
             self._store.ensure_schema()
         return self._store
 
+    @property
+    def beat_lock_name(self) -> str:
+        """The HA beat's lock name for this app (``master_beat_lock_name`` or its default)."""
+        from .beat.job import beat_settings
+
+        return beat_settings(self.app.conf, True)[1]
+
     def bound(self) -> float:
         """Seconds within which an election must finish: the slowest job's crash failover.
 

@@ -160,3 +160,26 @@ def test_the_default_app_is_celery_contrib_pytests_celery_app(pytester: pytest.P
     )
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=1)
+
+
+def test_ha_beat_sends_from_one_worker_and_moves_on_fail_over(master_cluster: MasterCluster):
+    app = master_cluster.app
+    sent: list[str] = []
+
+    @app.task(name="plugin_test.tick")
+    def tick() -> None:
+        sent.append(tick.request.hostname or "?")
+
+    app.conf.beat_schedule = {"tick": {"task": "plugin_test.tick", "schedule": 0.2}}
+    try:
+        master_cluster.start_worker("b1", master_beat=True)
+        master_cluster.start_worker("b2", master_beat=True)
+        lock = master_cluster.beat_lock_name
+        first = master_cluster.wait_for_master(lock)
+        testing.wait_until(lambda: len(sent) >= 2, master_cluster.bound(), "beat to send")
+        second = master_cluster.fail_over(lock)
+        count = len(sent)
+        testing.wait_until(lambda: len(sent) > count + 1, master_cluster.bound(), "beat again")
+        assert second is not first and second.is_master(lock) and not first.running
+    finally:
+        app.conf.beat_schedule = {}
