@@ -122,10 +122,19 @@ class MasterCluster:
 
     @property
     def beat_lock_name(self) -> str:
-        """The HA beat's lock name for this app (``master_beat_lock_name`` or its default)."""
-        from .beat.job import beat_settings
+        """The HA beat's lock name, as the running workers run it.
 
-        return beat_settings(self.app.conf, True)[1]
+        Read from the workers rather than computed, so it is whatever
+        ``master_beat_lock_name`` or its default makes it for this app.
+        """
+        registered = {job.lock_name for job in jobs_of(self.app)}
+        names = {name for w in self.running() for name in w.roles()} - registered
+        if len(names) != 1:
+            raise LookupError(
+                f"no single HA beat lock among the running workers' locks ({sorted(names)}): "
+                "start workers with start_worker(master_beat=True)"
+            )
+        return names.pop()
 
     def bound(self) -> float:
         """Seconds within which an election must finish: the slowest job's crash failover.
