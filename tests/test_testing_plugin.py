@@ -100,7 +100,7 @@ def test_bounds_follow_the_slowest_registered_job(master_cluster: MasterCluster)
     celery_master.register(master_cluster.app, "SLOW", lambda ctx: None, heartbeat_interval=2)
     # ttl 2 x (2 + 1) = 6 s, + check 0.2 x 2 + heartbeat 2 + init 0.05 + one stall of 1 s
     assert master_cluster.bound() == pytest.approx(9.45)
-    assert fast == pytest.approx(1.0 + 0.05 + 0.6 + 0.4 + 0.2)
+    assert fast == pytest.approx(1.0 + 0.05 + 1.5 + 0.4 + 0.5)
 
 
 def test_the_app_configuration_is_restored_after_the_test(pytester: pytest.Pytester):
