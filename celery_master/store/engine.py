@@ -95,12 +95,27 @@ def sqlite_path(url: str | URL) -> Path | None:
     return Path(parsed.database).resolve()
 
 
+#: PostgreSQL drivers built on libpq: they take the server-side timeouts as connect options
+LIBPQ_DRIVERS = ("psycopg2", "psycopg")
+
+
 def create_lease_engine(url: str | URL, timeout: float = 1.0) -> Engine:
-    """One small pool per process; every statement bounded by ``timeout`` seconds."""
+    """One small pool per process; every statement bounded by ``timeout`` seconds.
+
+    psycopg2 and psycopg (3) both hand ``connect_args`` to libpq as connection
+    parameters, so both get the same server-side timeouts; a PostgreSQL driver
+    that is not libpq-based would run without them, so it is refused.
+    """
     parsed = parse_url(url)
     dialect = dialect_of(parsed)
     ms = max(100, int(timeout * 1000))
     if dialect is Dialect.POSTGRESQL:
+        if parsed.get_driver_name() not in LIBPQ_DRIVERS:
+            raise ConfigurationError(
+                f"master_database_url uses the PostgreSQL driver {parsed.get_driver_name()!r}, "
+                "which cannot carry the statement, lock and idle timeouts the election relies "
+                "on: use postgresql+psycopg2:// or postgresql+psycopg://"
+            )
         connect_args = {
             "connect_timeout": max(2, math.ceil(timeout)),
             "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
@@ -112,8 +127,6 @@ def create_lease_engine(url: str | URL, timeout: float = 1.0) -> Engine:
             "tcp_user_timeout": ms * 2,
             "application_name": "celery-master",
         }
-        if parsed.get_driver_name() != "psycopg2":
-            connect_args = {"connect_timeout": connect_args["connect_timeout"]}
         engine = create_engine(
             parsed, pool_size=2, max_overflow=2, pool_timeout=timeout, connect_args=connect_args
         )
