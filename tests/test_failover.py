@@ -23,7 +23,7 @@ def crash_bound(cluster) -> float:
 
 @pytest.fixture(params=["filesystem", "redis"])
 def broker(request):
-    return None if request.param == "filesystem" else request.getfixturevalue("redis_server").url
+    return None if request.param == "filesystem" else request.getfixturevalue("redis_url")
 
 
 def test_kill_9_of_the_master_fails_over_within_ttl_plus_check_interval(

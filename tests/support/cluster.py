@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["FAST_TIMING", "Cluster", "Journal", "wait_for", "worker_argv"]
+__all__ = ["FAST_TIMING", "Cluster", "Journal", "foreign_environ", "wait_for", "worker_argv"]
+
+#: environment the tests must never inherit: Celery's and our settings, the journal
+#: app's own knobs, and libfaketime's (a stepped clock is opted into, never inherited)
+FOREIGN_PREFIXES = ("CELERY_", "JOURNAL_", "FLOWER_", "FAKETIME")
+FOREIGN_NAMES = ("DJANGO_SETTINGS_MODULE",)
 
 #: timing for process tests: ttl 1.5 s, so faults resolve in seconds
 FAST_TIMING = {
@@ -29,6 +34,12 @@ FAST_TIMING = {
     "heartbeat_interval": 0.5,
     "max_heartbeat_retry_count": 2,
 }
+
+
+def foreign_environ(environ: dict[str, str] | None = None) -> list[str]:
+    """Names in ``environ`` (default: ours) that would steer Celery or the journal app."""
+    env = os.environ if environ is None else environ
+    return [k for k in env if k.startswith(FOREIGN_PREFIXES) or k in FOREIGN_NAMES]
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
@@ -152,9 +163,14 @@ class Cluster:
         database_url: str,
         broker_url: str | None = None,
         locks: str = "JOB-SCHEDULER",
+        env: dict[str, str] | None = None,
         **settings: float,
     ) -> Cluster:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_MASTER_")}
+        """``env`` adds journal-app knobs (JOURNAL_APP_NAME, JOURNAL_WEIGHTS, ...)."""
+        inherited = dict(os.environ)
+        for name in foreign_environ(inherited):
+            del inherited[name]
+        extra, env = env or {}, inherited
         env.update(
             {
                 "PYTHONPATH": str(ROOT),
@@ -169,6 +185,7 @@ class Cluster:
             env["JOURNAL_FS_DIR"] = str(tmp / "broker")
         for key, value in settings.items():
             env[f"CELERY_MASTER_{key.upper()}"] = str(value)
+        env.update(extra)
         return cls(tmp, env)
 
     @property
