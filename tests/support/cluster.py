@@ -135,6 +135,15 @@ class Journal:
                 f"terms overlap on {lock}: pid {p1} [{s1}, {e1}] and pid {p2} from {s2}"
             )
 
+    def assert_epochs_grow(self, lock: str) -> None:
+        """Each acquisition bumps the epoch: in start order, epochs strictly grow (S2).
+
+        The invariant, not the numbers: under load a standby may take over twice
+        before the test looks, so "the second master has epoch 2" is not promised.
+        """
+        epochs = [s["epoch"] for s in sorted(self.starts(lock), key=lambda s: s["t"])]
+        assert epochs == sorted(set(epochs)), f"epochs of {lock} in start order: {epochs}"
+
     def assert_no_stale_tick(self, lock: str) -> None:
         """No tick that claimed mastership is dated after a newer epoch's start."""
         starts = {s["epoch"]: s["t"] for s in self.starts(lock)}
@@ -244,6 +253,23 @@ class Cluster:
             if (s["pid"], s["epoch"]) not in stopped and s["pid"] in live:
                 return int(s["pid"])
         return None
+
+    def query(self, sql: str, **params: Any) -> list[Any]:
+        """Rows of ``sql`` on the lease database, read as an operator would."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.env["CELERY_MASTER_DATABASE_URL"])
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(sa.text(sql), params))
+        finally:
+            engine.dispose()
+
+    def lease_holder_pid(self, lock: str = "JOB-SCHEDULER") -> int | None:
+        """Pid in the lease row's holder (node:pid:instance), whether alive or not."""
+        rows = self.query("SELECT holder FROM celery_master_lease WHERE lock_name = :n", n=lock)
+        holder = rows[0][0] if rows else None
+        return int(holder.rsplit(":", 2)[1]) if holder else None
 
     def worker(self, pid: int) -> Worker:
         return next(w for w in self.workers if w.pid == pid)

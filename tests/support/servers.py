@@ -116,10 +116,15 @@ class PgServer:
         self.start()
 
     def start(self) -> None:
-        """Start on ``self.port`` (a restart keeps the port its clients know)."""
+        """Start on ``self.port`` (a restart keeps the port its clients know).
+
+        fsync is off (the machine does not crash under a test) but commits stay
+        synchronous: an immediate stop, the outage tests' fault, must not lose an
+        acknowledged commit, or epochs would repeat after the restart.
+        """
         opts = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            "-c full_page_writes=off -c max_connections=200 "
             f"{self.extra}"
         )
         since = self.log.stat().st_size if self.log.exists() else 0
