@@ -30,7 +30,7 @@ __all__ = [
     "validate_who",
 ]
 
-logger = logging.getLogger("celery_master")
+logger = logging.getLogger(__name__)
 HINT_COMMAND = "master_hint"
 ACTIONS = ("disable", "enable", "release", "status")
 MAX_REASON = 500
@@ -230,4 +230,4 @@ def broadcast_hint(app: Any, lock_names: list[str]) -> None:
                 HINT_COMMAND, arguments={"lock_names": lock_names}, connection=conn
             )
     except Exception as exc:  # broker down: standbys fall back to their check interval
-        logger.warning("celery-master: hint not sent (%s)", exc)
+        logger.warning("hint not sent (%s)", exc)

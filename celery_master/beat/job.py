@@ -18,7 +18,7 @@ from .scheduler import MasterScheduler
 
 __all__ = ["BeatJob", "beat_settings"]
 
-logger = logging.getLogger("celery_master")
+logger = logging.getLogger(__name__)
 CELERY_DEFAULT_SCHEDULERS = ("celery.beat:PersistentScheduler", "celery.beat.PersistentScheduler")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -87,7 +87,7 @@ class BeatJob:
         )
         if self.plugged:
             logger.warning(
-                "celery-master: beat of %r uses the plugged-in scheduler %s: it runs only on the "
+                "beat of %r uses the plugged-in scheduler %s: it runs only on the "
                 "master, but its own state writes are not fenced by the epoch",
                 lock_name,
                 configured,
