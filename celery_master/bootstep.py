@@ -12,13 +12,14 @@ from typing import Any
 
 from celery import bootsteps, signals
 
-from . import control
+from . import control, summary
 from .beat.job import BeatJob, beat_settings
 from .elector import Elector
 from .errors import ConfigurationError
 from .events import RoleEvents
 from .holder import Holder
 from .job import MasterJob
+from .metrics import MasterMetrics
 from .registry import jobs_of
 from .settings import JobSettings, resolve_database_url, resolve_job_settings
 from .store.engine import create_lease_engine, mask_url, sqlite_path
@@ -48,6 +49,7 @@ class MasterStep(bootsteps.StartStopStep):
         self.hostname: str | None = None
         self.app: Any = None
         self.events: RoleEvents | None = None
+        self.metrics: MasterMetrics | None = None
         self._hints: list[threading.Thread] = []
         super().__init__(worker, **kwargs)
 
@@ -75,12 +77,13 @@ class MasterStep(bootsteps.StartStopStep):
         self._drop_pidbox_backlog()
         self.events = RoleEvents(app, worker.hostname)
         self.events.start()
+        self.metrics = MasterMetrics.serve(app, lambda: self.elector)
         self.elector = Elector(
             store,
             pairs,
             Holder.for_node(worker.hostname),
             self._send_hint,
-            on_role_change=self.events,
+            on_role_change=self._role_changed,
         )
         worker.master_elector = self.elector
         signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
@@ -102,6 +105,9 @@ class MasterStep(bootsteps.StartStopStep):
                 thread.join(2.0)
             if self.events is not None:
                 self.events.stop()
+            if self.metrics is not None:
+                self.metrics.stop()
+                self.metrics = None
             self.elector = None
 
     terminate = stop
@@ -110,7 +116,17 @@ class MasterStep(bootsteps.StartStopStep):
         elector = worker.master_elector
         if elector is None:
             return {}
-        return {"master": {"database": elector.describe_database(), **elector.snapshot()}}
+        view = elector.snapshot()
+        return {
+            "master": {"database": elector.describe_database(), **view},
+            "master_summary": summary.render(view),
+        }
+
+    def _role_changed(self, *change: Any) -> None:
+        if self.events is not None:
+            self.events(*change)
+        if self.metrics is not None:
+            self.metrics.role_changed(*change)
 
     def _on_shutting_down(self, sender: Any = None, **kwargs: Any) -> None:
         """Sent from the SIGTERM handler: start the hand-over now, not 2-4 s later."""

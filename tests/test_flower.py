@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import signal
 import subprocess
@@ -76,15 +77,33 @@ def test_flower_shows_the_master_field_and_survives_master_events(
         assert roles == ["master", "standby"]
         assert all("secret-pw" not in json.dumps(f) for f in fields.values())
         node = next(n for n, f in fields.items() if f[LOCK]["role"] == "master")
+        other = next(n for n in fields if n != node)
+
+        def summaries() -> dict[str, str]:
+            data = json.loads(get(f"{base}/api/workers?refresh=1"))
+            return {n: w["stats"].get("master_summary", "") for n, w in data.items()}
+
+        shown = summaries()
+        epoch = fields[node][LOCK]["epoch"]
+        assert shown[node].startswith(f"master of {LOCK} (epoch {epoch}, since "), shown
+        assert shown[other] == f"standby for {LOCK}", shown
         page = get(f"{base}/worker/{node}")
-        assert LOCK in page and "master" in page, "the worker page's Other tab shows the field"
+        assert "master_summary" in page and html.escape(shown[node]) in page, (
+            "the worker page's Other tab shows the summary as text"
+        )
 
         # a hand-over sends worker-master-* events; Flower must take them in its stride
         cluster.signal(master_pid, signal.SIGTERM)
         cluster.wait_new_start(time.time() - 1, 15, exclude_pid=master_pid)
         time.sleep(1)
         assert flower.poll() is None, (cluster.dir / "flower.log").read_text()[-2000:]
-        assert json.loads(get(f"{base}/api/workers?refresh=1"))
+
+        def other_is_master() -> dict[str, str] | None:
+            got = summaries()
+            return got if got.get(other, "").startswith(f"master of {LOCK}") else None
+
+        after = wait_for(other_is_master, 30, f"Flower to show {other} as the new master", 0.5)
+        assert f"(epoch {epoch + 1}, since " in after[other], after
         log = (cluster.dir / "flower.log").read_text()
         assert "Traceback" not in log, log[-3000:]
     finally:
