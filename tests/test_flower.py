@@ -13,6 +13,7 @@ import urllib.request
 
 from celery import Celery
 
+from celery_master.summary import render
 from tests.support.cluster import FAST_TIMING, wait_for
 from tests.support.servers import free_port
 
@@ -154,3 +155,18 @@ def test_role_changes_reach_event_consumers(make_cluster, pg_url, redis_server):
     assert {e["epoch"] for e in seen if e["type"] == "worker-master-elected"} == {1, 2}
     done.set()
     listener.join(10)
+
+
+def test_summary_reads_as_one_line_per_worker():
+    view = {
+        "database": "postgresql://u:***@db/x",
+        "B": {"role": "master", "epoch": 1, "since": "2026-11-26T12:04:10Z", "last_error": None},
+        "A": {"role": "master", "epoch": 3, "since": "2026-11-26T12:01:02Z", "last_error": None},
+        "C": {"role": "standby", "epoch": None, "since": "2026-11-26T12:00:00Z"},
+        "D": {"role": "disabled", "epoch": None, "last_error": "database unreachable"},
+    }
+    assert render(view) == (
+        "master of A (epoch 3, since 12:01:02Z), B (epoch 1, since 12:04:10Z); "
+        "standby for C; disabled: D; errors: D: database unreachable"
+    )
+    assert render({}) == "no master jobs"
