@@ -1,22 +1,26 @@
-"""One elector-only process (the elector code without a Celery worker), for bench/dbload.py.
+"""One elector-only process (the elector code without a Celery worker), for bench/dbload.py
+and bench/spread.py.
 
-argv: database URL, number of lock names, seconds to run, node name. Prints one
-JSON line: statements sent, CPU seconds used, locks held at the end. With
-seconds <= 0 it runs until SIGTERM and then hands its leases over.
+argv: database URL, number of lock names, node name, heartbeat interval, check
+interval, counter file. Runs until SIGTERM, then hands its leases over like a
+worker's warm shutdown. Every 0.2 s it writes its cumulative transactions and
+statements (counted on its own engine) and CPU seconds to the counter file as
+JSON. Elector-only processes send no broadcast hints: a lease the spread hands
+over is taken at the receiver's next look instead of at once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
 import threading
-import time
 
 from sqlalchemy import event
 
-from celery_master.elector import Elector, Role
+from celery_master.elector import Elector
 from celery_master.holder import Holder
 from celery_master.job import MasterJob
 from celery_master.settings import JobSettings
@@ -24,34 +28,33 @@ from celery_master.store import LeaseStore, create_lease_engine
 
 
 def main() -> None:
-    url, n_locks, seconds, node = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-    settings = JobSettings()  # the defaults: check 1 s, heartbeat 1 s, ttl 4 s
+    logging.getLogger("celery_master").setLevel(logging.ERROR)  # role changes are not news here
+    url, n_locks, node = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    hb, check, counter = float(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+    settings = JobSettings(1.0, check, hb, 3)
     store = LeaseStore(create_lease_engine(url, timeout=settings.heartbeat_interval))
-    counts = {"statements": 0}
+    counts = {"tx": 0, "statements": 0}
+
+    @event.listens_for(store.engine, "begin")
+    def count_tx(*_args: object) -> None:
+        counts["tx"] += 1
 
     @event.listens_for(store.engine, "before_cursor_execute")
-    def count(*_args: object) -> None:
+    def count_stmt(*_args: object) -> None:
         counts["statements"] += 1
 
     jobs = [(MasterJob(f"LOCK-{i:02d}", lambda ctx: None), settings) for i in range(n_locks)]
-    elector = Elector(store, jobs, Holder(node))
+    elector = Elector(store, jobs, Holder(node), app_name="bench")
     elector.start()
-    if seconds <= 0:  # run until SIGTERM, then hand over like a worker's warm shutdown
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        stop.wait()
-        elector.stop(timeout=5)
-        return
-    time.sleep(seconds / 2)  # warm-up: elections and spread settle
-    before, cpu0 = counts["statements"], sum(os.times()[:2])
-    time.sleep(seconds / 2)
-    out = {
-        "statements": counts["statements"] - before,
-        "cpu": sum(os.times()[:2]) - cpu0,
-        "window": seconds / 2,
-        "held": sum(r is Role.MASTER for r in elector.roles().values()),
-    }
-    print(json.dumps(out), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.wait(0.2):
+        held = sum(lk.held for lk in elector.locks.values())
+        out = {**counts, "cpu": sum(os.times()[:2]), "held": held}
+        tmp = f"{counter}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(out, fh)
+        os.replace(tmp, counter)
     elector.stop(timeout=5)
 
 

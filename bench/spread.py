@@ -1,7 +1,8 @@
 """How lock names spread over workers, and how many move per event: `python bench/spread.py`.
 
-Elector-only processes (the elector code without a Celery worker), default
-timing, PostgreSQL. Events: steady state with N workers, a worker joining, a
+Elector-only processes (the elector code without a Celery worker; they send
+no broadcast hints, so a handed-over lease is taken at the receiver's next
+look), default timing, PostgreSQL. Events: steady state with N workers, a worker joining, a
 worker leaving (SIGTERM: graceful hand-over) and a worker crashing (kill -9).
 After each event it waits until every lock name has a master and no worker is
 above ceil(M/N) + 1, then prints leases per worker and the moves it took.
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,9 +29,19 @@ from celery_master.store import LeaseStore, create_lease_engine  # noqa: E402
 from tests.support.servers import PgServer  # noqa: E402
 
 
-def start(url: str, locks: int, name: str) -> subprocess.Popen:  # type: ignore[type-arg]
+def start(url: str, locks: int, name: str, tmp: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+    counter = str(tmp / f"{name}.json")
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "elector_proc.py"), url, str(locks), "0", name],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "elector_proc.py"),
+            url,
+            str(locks),
+            name,
+            "1",
+            "1",
+            counter,
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
@@ -72,11 +85,12 @@ def main() -> None:
     pg = PgServer()
     procs: dict[str, subprocess.Popen] = {}  # type: ignore[type-arg]
     rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="cm-spread-"))
     try:
         url = pg.url()
         store = LeaseStore(create_lease_engine(url, timeout=5))
         for i in range(args.workers):
-            procs[f"e{i}@bench"] = start(url, args.locks, f"e{i}@bench")
+            procs[f"e{i}@bench"] = start(url, args.locks, f"e{i}@bench", tmp)
             time.sleep(0.5)
         time.sleep(3)
         events = [
@@ -89,7 +103,7 @@ def main() -> None:
             before = acquisitions(store)
             if action == "add":
                 name = f"e{len(procs)}@bench"
-                procs[name] = start(url, args.locks, name)
+                procs[name] = start(url, args.locks, name, tmp)
             elif action is not None:
                 victim = held(store)[0].most_common(1)[0][0]
                 procs.pop(victim).send_signal(action)
@@ -109,6 +123,7 @@ def main() -> None:
         for proc in procs.values():
             proc.kill()
         pg.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nspread of {args.locks} lock names (default timing; bound ceil(M/N)+1)")
     print(f"{'event':<8}{'workers':>8}{'settled in s':>13}{'moves':>7}  leases per worker")
     for event, live, took, moves, per in rows:

@@ -11,9 +11,10 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from .elector import Role
+from .lockstate import Role
 
 __all__ = ["RoleEvents"]
 
@@ -30,13 +31,21 @@ class RoleEvents:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1000)
         self._thread = threading.Thread(target=self._run, name="celery-master-events", daemon=True)
         self._failing = False
+        self.roles: Callable[[], dict[str, Any]] | None = None  # the worker's whole role map
 
     def start(self) -> None:
         self._thread.start()
 
     def __call__(self, lock_name: str, role: Role, epoch: int, reason: str) -> None:
         kind = "worker-master-elected" if role is Role.MASTER else "worker-master-stepped-down"
-        fields = {"lock_name": lock_name, "epoch": epoch, "role": role.value, "reason": reason}
+        fields: dict[str, Any] = {
+            "lock_name": lock_name,
+            "epoch": epoch,
+            "role": role.value,
+            "reason": reason,
+        }
+        if self.roles is not None:  # Flower copies fields: the whole map, so no lock is lost
+            fields["roles"] = {n: v["role"] for n, v in self.roles().items()}
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait((kind, fields))
 

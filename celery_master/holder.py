@@ -11,7 +11,9 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
-__all__ = ["Holder"]
+__all__ = ["MAX_HOLDER", "Holder"]
+
+MAX_HOLDER = 255  # the holder columns of the lease and member tables
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,9 @@ class Holder:
         return cls(node_name or f"celery@{socket.gethostname()}")
 
     def __str__(self) -> str:
-        return f"{self.node_name}:{self.pid}:{self.instance_id}"
+        """Fits the 255-character holder column whatever the node name's length."""
+        tail = f":{self.pid}:{self.instance_id}"
+        return self.node_name[: MAX_HOLDER - len(tail)] + tail
 
     @staticmethod
     def node_of(holder: str | None) -> str | None:

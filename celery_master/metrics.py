@@ -72,11 +72,11 @@ def reason_label(reason: str) -> str:
 class MasterMetrics:
     """One worker's metrics, on a registry of their own (the default registry stays the user's)."""
 
-    def __init__(self, elector: Callable[[], Any] | None = None) -> None:
+    def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
-        self._elector = elector or (lambda: None)
+        self.elector: Any = None  # set once built; the gauges read its snapshot at scrape time
         self.elections = Counter(
             "celery_master_elections",
             "Times this worker became master of a lock name.",
@@ -106,7 +106,7 @@ class MasterMetrics:
             ["lock_name"],
             registry=self.registry,
         )
-        self.registry.register(_RoleCollector(self._elector))
+        self.registry.register(_RoleCollector(lambda: self.elector))
         self._server: Any = None
         self._thread: Any = None
 
@@ -116,6 +116,19 @@ class MasterMetrics:
             self.elections.labels(lock_name).inc()
         else:
             self.step_downs.labels(lock_name, reason_label(reason)).inc()
+
+    def fan_out(
+        self, other: Callable[[str, Any, int, str], None]
+    ) -> Callable[[str, Any, int, str], None]:
+        """One ``on_role_change`` callback: ``other`` (e.g. the events), then these counters."""
+
+        def both(lock_name: str, role: Any, epoch: int, reason: str) -> None:
+            try:
+                other(lock_name, role, epoch, reason)
+            finally:
+                self.role_changed(lock_name, role, epoch, reason)
+
+        return both
 
     def tick(self, seconds: float, ok: bool) -> None:
         if ok:
@@ -157,9 +170,7 @@ class MasterMetrics:
             self._server = self._thread = None
 
     @classmethod
-    def serve(
-        cls, app: Any, elector: Callable[[], Any], environ: Mapping[str, str] | None = None
-    ) -> MasterMetrics | None:
+    def serve(cls, app: Any, environ: Mapping[str, str] | None = None) -> MasterMetrics | None:
         """What the worker step calls: None when off; refuses a missing prometheus_client."""
         port = metrics_port(app.conf, environ)
         if port is None:
@@ -171,7 +182,7 @@ class MasterMetrics:
                 "master_metrics_port is set but prometheus_client is not installed: "
                 "pip install 'celery-master[prometheus]'"
             ) from None
-        metrics = cls(elector)
+        metrics = cls()
         metrics.start(port, metrics_address(app.conf, environ))
         return metrics
 

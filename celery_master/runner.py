@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
+from . import clock
+from .errors import NotMaster
 from .job import MasterContext, MasterJob
 
 __all__ = ["Runner"]
 
-logger = logging.getLogger("celery_master")
+logger = logging.getLogger(__name__)
 
 
 class Runner:
@@ -49,10 +50,25 @@ class Runner:
         self._start_thread.start()
 
     def _run_start(self) -> None:
+        """A job that raises once its term was revoked is not a start failure.
+
+        ``NotMaster`` from ``ctx.fence``, or anything raised after ``ctx.stopping``
+        was set, is the job noticing the end of its term: it must not grow the
+        start-failure hold-off, or a few database blips could keep a worker
+        masterless long after the database is back.
+        """
         try:
             self.job.start(self.ctx)
+        except NotMaster as exc:
+            logger.warning("start() of %r ended: %s", self.job.lock_name, exc)
+            self.step_down("the job found its term had ended")
         except Exception:
-            logger.exception("celery-master: start() of %r raised", self.job.lock_name)
+            if self.ctx.stopping.is_set():
+                logger.warning(
+                    "start() of %r raised after its term ended", self.job.lock_name, exc_info=True
+                )
+                return
+            logger.exception("start() of %r raised", self.job.lock_name)
             self.failed = True
             self.step_down("start() raised")
 
@@ -76,7 +92,7 @@ class Runner:
         bound is logged loudly; if it never returns, the lease is not renewed
         and expires after the ttl (the only case where the bound is physical).
         """
-        began = time.monotonic()
+        began = clock.now()
         threads = []
         if self.job.stop is not None:
             stopper = threading.Thread(
@@ -89,15 +105,15 @@ class Runner:
         if self._start_thread is not None and self._start_thread is not threading.current_thread():
             threads.append(("start()", self._start_thread))
         for what, thread in threads:
-            thread.join(max(0.0, began + self.stop_timeout - time.monotonic()))
+            thread.join(max(0.0, began + self.stop_timeout - clock.now()))
             if thread.is_alive():
                 logger.error(
-                    "celery-master: %s of %r still runs %.1fs after stopping was set (bound "
+                    "%s of %r still runs %.1fs after stopping was set (bound "
                     "%.1fs); the lease is held unrenewed until it returns and expires after the "
                     "ttl: let it return when ctx.stopping is set",
                     what,
                     self.job.lock_name,
-                    time.monotonic() - began,
+                    clock.now() - began,
                     self.stop_timeout,
                 )
                 thread.join()
@@ -109,4 +125,4 @@ class Runner:
             assert self.job.stop is not None
             self.job.stop(self.ctx)
         except Exception:
-            logger.exception("celery-master: stop() of %r raised", self.job.lock_name)
+            logger.exception("stop() of %r raised", self.job.lock_name)

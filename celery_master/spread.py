@@ -1,30 +1,39 @@
-"""Spreading lock names over live workers: no coordinator, no flapping.
+"""Spreading lock names over live workers, per lock name: no coordinator, no flapping.
 
-With total weight W over N live workers the quota is ceil(W / N). A worker
-hands a lease over (graceful release with a hint, marked *yielded*) only when
-it would still hold at least as much as the lightest live worker afterwards,
-so moves shrink differences and never go back and forth. A yielded lease is
-taken at once by a worker that stays within its quota, by others only after a
-grace period. The spread never delays a failover: a lease freed by a leaving
-worker, or silent because its holder died, is taken at once by whoever sees it
-first, and the balance is restored by later moves. ``prefer`` (a node-name glob) makes
-non-matching workers defer to matching ones. Live workers come from the
-member table in the lease database, which works on every broker (Celery's
-worker heartbeats need events, which many deployments switch off); liveness
-there is judged by database time, which is safe because the spread never
-decides who may be master, only who tries first.
+A cluster is not homogeneous: workers of one app may run different lock
+names, and several apps may share one lease database. So every rule is
+computed per lock name over its *candidates*, the live members that run it
+(never over every row of the member table):
+
+* a worker's *load* is the weight it holds (over every lock name it holds);
+* a held lock moves only to a lighter candidate of that lock, only while this
+  worker is above the candidates' fair share, and only if ``load - w >=
+  other + w``: every move shrinks the differences, so moves cannot go back and
+  forth;
+* ``prefer`` (a node-name glob) hands a lock to a live candidate whose node
+  name matches, and makes others leave a free lease to it for a grace;
+* a yielded lease is taken at once by the candidate it was yielded to, and by
+  any candidate once the grace has passed (availability before balance).
+
+Membership lives in the lease database (works on every broker; Celery's
+worker heartbeats need events); liveness there is judged by database time,
+which is safe because the spread decides who tries first, never who may be
+master.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from .store.leases import Member
+from .store.rows import Member
 
-__all__ = ["Held", "Spread"]
+__all__ = ["Held", "Move", "Spread"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,62 +43,75 @@ class Held:
     prefer: str | None
 
 
+@dataclass(frozen=True)
+class Move:
+    lock_name: str
+    to_holder: str
+    to_node: str
+    why: str
+
+
 class Spread:
     """The member view of one elector and the rules applied to it."""
 
-    def __init__(self, holder: str, node: str, total_weight: int, grace: float) -> None:
+    def __init__(self, holder: str, node: str, app: str, locks: dict[str, int]) -> None:
         self.holder = holder
         self.node = node
-        self.total_weight = total_weight
-        self.grace = grace
-        self.members: list[Member] = []
+        self.app = app
+        self.locks = locks
+        self.others: list[Member] = []
+        self._warned: set[tuple[str, str]] = set()
 
     def update(self, members: Iterable[Member]) -> None:
-        self.members = list(members)
+        self.others = [m for m in members if m.holder != self.holder]
+        for m in self.others:
+            for name in set(m.locks) & set(self.locks):
+                if m.app != self.app and (name, m.app) not in self._warned:
+                    self._warned.add((name, m.app))
+                    logger.warning(
+                        "lock name %r is registered by app %r too (this worker: app %r): "
+                        "lock names are global in the lease database, so both apps' jobs "
+                        "share one master; rename one if that is not meant",
+                        name,
+                        m.app,
+                        self.app,
+                    )
 
-    @property
-    def live(self) -> int:
-        return max(1, len({m.holder for m in self.members} | {self.holder}))
+    def candidates(self, lock_name: str) -> list[Member]:
+        """Other live workers that run ``lock_name``."""
+        return [m for m in self.others if lock_name in m.locks]
 
-    @property
-    def quota(self) -> int:
-        return math.ceil(self.total_weight / self.live)
-
-    def _preferred_elsewhere(self, prefer: str | None) -> bool:
-        """True if ``prefer`` names other live workers and not this one."""
+    def deferred(self, lock_name: str, prefer: str | None) -> bool:
+        """True if ``prefer`` names another live candidate of this lock and not this worker."""
         if not prefer or fnmatchcase(self.node, prefer):
             return False
-        return any(fnmatchcase(m.node, prefer) for m in self.members if m.holder != self.holder)
+        return any(fnmatchcase(m.node, prefer) for m in self.candidates(lock_name))
 
-    def admit(self, weight: int, prefer: str | None, held_weight: int, takeable_for: float) -> bool:
-        """May this worker take a takeable lease now?"""
-        if takeable_for >= self.grace:
-            return True  # nobody better took it: availability before spread
-        if self._preferred_elsewhere(prefer):
-            return False
-        return held_weight + weight <= self.quota
-
-    def surplus(self, held: list[Held]) -> list[str]:
-        """Lock names to hand over: preferred elsewhere first, then moves that even out load.
-
-        A lease moves only if this worker still holds at least as much as the
-        receiver afterwards (load - w >= other + w): moves shrink differences,
-        so they cannot go back and forth.
-        """
-        out = [h.lock_name for h in held if self._preferred_elsewhere(h.prefer)]
-        kept = [h for h in held if h.lock_name not in out]
-        others = sorted(m.held for m in self.members if m.holder != self.holder)
-        load = sum(h.weight for h in kept)
-        moved = 0
-        for h in sorted(kept, key=lambda h: h.weight):
-            if not others or (moved and load <= self.quota):
-                break  # within quota: one move per look, as others act on the same view
-            lightest = others[0]
-            if load - h.weight < lightest + h.weight:
+    def moves(self, held: list[Held]) -> list[Move]:
+        """Lock names to hand over, and to whom: preferred elsewhere first, then balance."""
+        loads = {m.holder: m.held for m in self.others}
+        load = sum(h.weight for h in held)
+        out: list[Move] = []
+        for h in held:
+            if not h.prefer or fnmatchcase(self.node, h.prefer):
                 continue
-            out.append(h.lock_name)
-            moved += 1
-            load -= h.weight
-            others[0] = lightest + h.weight
-            others.sort()
+            matching = [m for m in self.candidates(h.lock_name) if fnmatchcase(m.node, h.prefer)]
+            if matching:
+                to = min(matching, key=lambda m: (loads[m.holder], m.holder))
+                out.append(Move(h.lock_name, to.holder, to.node, f"prefer={h.prefer}"))
+                loads[to.holder] += h.weight
+                load -= h.weight
+        moved = {m.lock_name for m in out}
+        for h in sorted(held, key=lambda h: (h.weight, h.lock_name)):
+            if h.lock_name in moved:
+                continue
+            cands = self.candidates(h.lock_name)
+            if not cands:
+                continue
+            fair = math.ceil((load + sum(loads[m.holder] for m in cands)) / (len(cands) + 1))
+            to = min(cands, key=lambda m: (loads[m.holder], m.holder))
+            if load > fair and load - h.weight >= loads[to.holder] + h.weight:
+                out.append(Move(h.lock_name, to.holder, to.node, "balance"))
+                loads[to.holder] += h.weight
+                load -= h.weight
         return out

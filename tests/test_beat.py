@@ -61,7 +61,7 @@ def test_beat_moves_with_the_master_through_two_kill_9_without_a_duplicate(make_
         after = [e["t"] for e in events if e["t"] > at]
         assert after[0] - before[-1] - PERIOD < bound, "gap beyond the failover bound"
     store = LeaseStore(create_lease_engine(db_url))
-    row = BeatState(store, "celery-beat").load()["beat-tick"]
+    row = BeatState(store, "celery-beat:journal_app").load()["beat-tick"]
     assert row.total_run_count >= len(events) - 2, "the run count survived both failovers"
     assert row.epoch == 3
 
@@ -92,7 +92,7 @@ def test_beat_option_on_the_worker_command_line(make_cluster, sqlite_url):
     cluster.extra_args = ["--master-beat"]
     (worker,) = cluster.start_workers(1)
     wait_for(lambda: len(sends(cluster)) >= 2, 30, "beat sends")
-    assert "'celery-beat'" in worker.log_text()
+    assert "'celery-beat:journal_app'" in worker.log_text()
 
 
 def test_beat_and_dash_b_together_refuse_to_start(make_cluster, sqlite_url):

@@ -63,6 +63,8 @@ def test_metrics_of_real_workers_show_the_master_and_move_after_a_kill_9_failove
     assert value(found[master.name], "celery_master_epoch", lock_name=LOCK) is not None
     assert value(found[master.name], "celery_master_lease_remaining_seconds", lock_name=LOCK) > 0
     assert value(found[standby.name], "celery_master_lease_remaining_seconds", lock_name=LOCK) == 0
+    for w in (master, standby):  # every round trip of the election is timed (on_tick)
+        assert value(found[w.name], "celery_master_renewal_seconds_count") >= 1
     before = value(found[standby.name], "celery_master_elections_total", lock_name=LOCK) or 0.0
 
     killed_at = cluster.signal(master_pid, signal.SIGKILL)

@@ -40,9 +40,16 @@ def _flag(raw: Any, source: str) -> bool:
 
 
 def beat_settings(
-    conf: Any, option: bool | None = None, environ: Mapping[str, str] | None = None
+    conf: Any,
+    option: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+    identity: str | None = None,
 ) -> tuple[bool, str]:
-    """(enabled, lock name): worker option > CELERY_MASTER_BEAT > app.conf.master_beat."""
+    """(enabled, lock name): worker option > CELERY_MASTER_BEAT > app.conf.master_beat.
+
+    The default lock name is ``celery-beat:<app identity>``, so two apps on one
+    lease database never share a beat by accident.
+    """
     env = os.environ if environ is None else environ
     if option is not None:
         enabled = bool(option)
@@ -53,7 +60,7 @@ def beat_settings(
     lock = (
         env.get("CELERY_MASTER_BEAT_LOCK_NAME", "").strip()
         or conf.get("master_beat_lock_name")
-        or "celery-beat"
+        or (f"celery-beat:{identity}" if identity else "celery-beat")
     )
     return enabled, validate_lock_name(lock)
 

@@ -1,27 +1,26 @@
-"""Lease operations, each one conditional statement that cannot race.
+"""Lease statements, each one conditional statement that cannot race.
 
 Every state change states its precondition in its ``WHERE`` (free, silent
-since a seen ``(epoch, renewals)``, held by me at my epoch, enabled) and
-learns whether it won from ``RETURNING`` or ``rowcount``: never read, decide
-in Python, then write. One statement covers all lock names of a worker, so the
-database load grows with workers, not workers x lock names.
+since a seen ``(epoch, renewals, token)``, held by me at my epoch, enabled)
+and learns whether it won from ``RETURNING``: never read, decide in Python,
+then write unconditionally. One statement covers all lock names of a worker,
+and one transaction (``tick``) carries a worker's whole round of the
+election, so the database load grows with workers, not workers x lock names.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
-    MetaData,
     and_,
     case,
     false,
-    func,
     literal,
     or_,
     select,
@@ -30,97 +29,82 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, NotMaster
 from .engine import Dialect, dialect_of
-from .schema import SCHEMA_VERSION, add_missing_columns, build_tables
+from .fence import explain_fence_errors
+from .history import record
+from .members import beat_member, leave_member, read_members
+from .operator import OperatorStatements
+from .rows import Lease, Member, MemberBeat, Renewal, TickResult
+from .schema import SCHEMA_VERSION, add_missing_columns
+from .tables import BEAT, HISTORY, LEASE, MEMBER, META, METADATA, db_now
 
-logger = logging.getLogger("celery_master")
+logger = logging.getLogger(__name__)
 
-__all__ = ["BEAT", "HISTORY", "LEASE", "MEMBER", "METADATA", "Lease", "LeaseStore", "Member"]
-
-METADATA = MetaData()
-LEASE, META, HISTORY, BEAT, MEMBER = build_tables(METADATA)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """One row of the lease table, as read."""
-
-    lock_name: str
-    holder: str | None
-    epoch: int
-    renewals: int
-    ttl: float | None
-    enabled: bool
-    release_requested: bool
-    yielded: bool
-    token: str | None
-    acquired_at: float | None
-    renewed_at: float | None
-    changed_at: float | None
-    changed_by: str | None
-    reason: str | None
-    now: float
-
-    @property
-    def lease_left(self) -> float | None:
-        """Seconds of lease left by database time: for display only."""
-        if not self.holder or self.renewed_at is None or self.ttl is None:
-            return None
-        return max(0.0, self.renewed_at + self.ttl - self.now)
+__all__ = [
+    "BEAT",
+    "HISTORY",
+    "LEASE",
+    "MEMBER",
+    "META",
+    "METADATA",
+    "Lease",
+    "LeaseStore",
+    "Member",
+    "SchemaTooNew",
+]
 
 
-def db_now(dialect: Dialect) -> ColumnElement[float]:
-    """The database clock as float seconds (sub-second precision on both dialects)."""
-    if dialect is Dialect.POSTGRESQL:
-        return func.extract("epoch", func.clock_timestamp())  # type: ignore[return-value]
-    return (func.julianday("now") - literal(2440587.5)) * literal(86400.0)
+class SchemaTooNew(ConfigurationError):
+    """The lease database was upgraded by a newer celery-master than this one."""
 
 
-@dataclass(frozen=True)
-class Member:
-    """A live worker instance, as the spread sees it."""
-
-    holder: str
-    node: str
-    held: int
-
-
-class LeaseStore:
-    """The lease table of one database, shared by every lock name of a worker."""
+class LeaseStore(OperatorStatements):
+    """The lease tables of one database, shared by every lock name of a worker."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = dialect_of(engine.url)
         self.now = db_now(self.dialect)
 
-    # -- schema -------------------------------------------------------------
+    # -- schema ---------------------------------------------------------------
     def ensure_schema(self) -> None:
-        """Create missing tables and refuse a schema newer than this code."""
+        """Create missing tables and columns; refuse a schema newer than this code."""
         with self.engine.begin() as conn:
             if self.dialect is Dialect.POSTGRESQL:  # workers booting together: one creates
                 conn.execute(text("SELECT pg_advisory_xact_lock(7275318)"))
+            found = self._schema_version(conn)
+            if found is not None and found > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"the lease database has celery-master schema version {found}, newer than "
+                    f"this version supports ({SCHEMA_VERSION}): upgrade celery-master on this "
+                    "worker (pip install -U celery-master)"
+                )
             METADATA.create_all(conn, checkfirst=True)
             for column in add_missing_columns(conn, METADATA):
-                logger.warning("celery-master: upgraded the lease database: added %s", column)
-        with self.engine.begin() as conn:
-            conn.execute(
-                self._insert(META)
-                .values(key="schema_version", value=str(SCHEMA_VERSION))
-                .on_conflict_do_nothing()
-            )
-            found = conn.execute(
-                select(META.c.value).where(META.c.key == "schema_version")
-            ).scalar_one()
-        if int(found) > SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"the lease database has celery-master schema version {found}, newer than "
-                f"this version supports ({SCHEMA_VERSION}): upgrade celery-master on this worker"
-            )
+                logger.warning("upgraded the lease database: added %s", column)
+            if found is None:
+                conn.execute(META.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif found < SCHEMA_VERSION:
+                conn.execute(
+                    META.update()
+                    .where(META.c.key == "schema_version")
+                    .values(value=str(SCHEMA_VERSION))
+                )
+                logger.warning("upgraded the lease database schema %d -> %d", found, SCHEMA_VERSION)
 
-    def _insert(self, table):  # type: ignore[no-untyped-def]
+    def _schema_version(self, conn: Connection) -> int | None:
+        from sqlalchemy import inspect
+
+        if not inspect(conn).has_table(META.name):
+            return None
+        value = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
+        return None if value is None else int(value)
+
+    def _insert(self, table: Any) -> Any:
         return (pg_insert if self.dialect is Dialect.POSTGRESQL else sqlite_insert)(table)
 
     def ensure_rows(self, lock_names: Iterable[str]) -> None:
@@ -133,13 +117,51 @@ class LeaseStore:
 
     # -- reads ----------------------------------------------------------------
     def read(self, lock_names: Iterable[str] | None = None) -> dict[str, Lease]:
-        stmt = select(*LEASE.c, self.now.label("now"))
-        if lock_names is not None:
-            stmt = stmt.where(LEASE.c.lock_name.in_(list(lock_names)))
         with self.engine.connect() as conn:
-            return {r.lock_name: Lease(**r._asdict()) for r in conn.execute(stmt)}
+            return self._read(conn, None if lock_names is None else list(lock_names))
 
-    # -- the election ----------------------------------------------------------
+    def _read(self, conn: Connection, names: Sequence[str] | None) -> dict[str, Lease]:
+        stmt = select(*LEASE.c, self.now.label("now"))
+        if names is not None:
+            if not names:
+                return {}
+            stmt = stmt.where(LEASE.c.lock_name.in_(list(names)))
+        return {r.lock_name: Lease(**r._asdict()) for r in conn.execute(stmt)}
+
+    def members(self, window: float | None = None) -> list[Member]:
+        """Workers seen within ``window`` seconds of database time (None: every row)."""
+        with self.engine.connect() as conn:
+            return read_members(conn, self.now, window)
+
+    def db_time(self) -> float:
+        with self.engine.connect() as conn:
+            return float(conn.execute(select(self.now)).scalar_one())
+
+    # -- the election -----------------------------------------------------------
+    def tick(
+        self,
+        holder: str,
+        renew: Mapping[str, Renewal],
+        take: Sequence[str],
+        read: Sequence[str],
+        ttls: Mapping[str, float],
+        member: MemberBeat | None = None,
+    ) -> TickResult:
+        """One worker's whole round, in one transaction: renew, take hinted free leases, read.
+
+        ``take`` names were announced free by a hint: they are taken with the
+        conditional acquire at once (no read first); the rest of ``read`` is
+        returned for the caller to judge (silent holders are taken over in a
+        separate transaction by ``acquire``, since a takeover may wait on a fence).
+        """
+        with self.engine.begin() as conn:
+            renewed = self._renew(conn, holder, renew) if renew else {}
+            taken = self._acquire(conn, holder, take, {}, ttls, respect_yield=True) if take else {}
+            wanted = [n for n in read if n not in taken]
+            leases = self._read(conn, wanted) if wanted else {}
+            members = beat_member(conn, self.now, self._insert, member) if member else None
+        return TickResult(renewed, taken, leases, members)
+
     def acquire(
         self,
         holder: str,
@@ -152,10 +174,26 @@ class LeaseStore:
         Returns {lock_name: new epoch} for the names won. The epoch bump is the
         fencing token: the previous holder's renewals and fenced writes fail.
         """
+        with self.engine.begin() as conn:
+            return self._acquire(conn, holder, list(free), silent, ttls)
+
+    def _acquire(
+        self,
+        conn: Connection,
+        holder: str,
+        free: Sequence[str],
+        silent: Mapping[str, tuple[int, int, str | None]],
+        ttls: Mapping[str, float],
+        respect_yield: bool = False,
+    ) -> dict[str, int]:
+        """``respect_yield``: a lease the spread yielded to another worker is left to it
+        (the hint path, which has not read the row; the read path judged the grace)."""
         conds: list[ColumnElement[bool]] = []
-        free = list(free)
         if free:
-            conds.append(and_(LEASE.c.lock_name.in_(free), LEASE.c.holder.is_(None)))
+            cond = and_(LEASE.c.lock_name.in_(list(free)), LEASE.c.holder.is_(None))
+            if respect_yield:
+                cond = and_(cond, or_(LEASE.c.yielded_to.is_(None), LEASE.c.yielded_to == holder))
+            conds.append(cond)
         for name, (epoch, renewals, token) in silent.items():
             conds.append(
                 and_(
@@ -167,65 +205,91 @@ class LeaseStore:
             )
         if not conds:
             return {}
-        now = self.now
+        where = and_(LEASE.c.enabled == true(), or_(*conds))
+        if self.dialect is Dialect.POSTGRESQL:
+            # lock the row FOR UPDATE first: a fence (FOR KEY SHARE) makes the takeover wait
+            # until the fenced transaction has ended, while the holder's renewals go on
+            locked = select(LEASE.c.lock_name).where(where).with_for_update()
+            where = and_(where, LEASE.c.lock_name.in_(locked))
         stmt = (
             LEASE.update()
-            .where(LEASE.c.enabled == true(), or_(*conds))
+            .where(where)
             .values(
                 holder=holder,
                 epoch=LEASE.c.epoch + 1,
                 renewals=0,
                 ttl=case(dict(ttls), value=LEASE.c.lock_name, else_=LEASE.c.ttl),
                 release_requested=false(),
-                yielded=false(),
+                yielded_to=None,
                 token=uuid.uuid4().hex,
-                acquired_at=now,
-                renewed_at=now,
+                acquired_at=self.now,
+                renewed_at=self.now,
+                progress_at=None,
+                progress_within=None,
             )
             .returning(LEASE.c.lock_name, LEASE.c.epoch)
         )
-        with self.engine.begin() as conn:
-            won = {r.lock_name: r.epoch for r in conn.execute(stmt)}
-            if won:
-                self._record(conn, [(n, "acquired", holder, e, None) for n, e in won.items()])
-            return won
+        won = {r.lock_name: r.epoch for r in conn.execute(stmt)}
+        record(conn, self.now, [(n, "acquired", holder, e, None) for n, e in won.items()])
+        return won
 
     def renew(self, holder: str, held: Mapping[str, int]) -> dict[str, tuple[bool, bool]]:
-        """Renew every lease still held at its epoch; {name: (enabled, release_requested)}.
+        """Renew every lease still held at its epoch; {name: (enabled, release_requested)}."""
+        with self.engine.begin() as conn:
+            return self._renew(conn, holder, {n: Renewal(e) for n, e in held.items()})
 
-        A name missing from the result was lost (taken over after silence): its
-        job must stop at once. The flags tell the holder to step down itself,
-        since only the holder ever ends its own lease.
-        """
-        if not held:
-            return {}
+    def _renew(
+        self, conn: Connection, holder: str, held: Mapping[str, Renewal]
+    ) -> dict[str, tuple[bool, bool]]:
+        """A name missing from the result was lost (taken over after silence): its job
+        must stop at once. The flags tell the holder to step down itself, since only
+        the holder ever ends its own lease."""
+        values: dict[str, Any] = {"renewals": LEASE.c.renewals + 1, "renewed_at": self.now}
+        reports = {n: r for n, r in held.items() if r.progress_age is not None}
+        if reports:
+            ages = {n: literal(max(0.0, float(r.progress_age or 0.0))) for n, r in reports.items()}
+            values["progress_at"] = case(
+                {n: self.now - age for n, age in ages.items()},
+                value=LEASE.c.lock_name,
+                else_=LEASE.c.progress_at,
+            )
+            values["progress_within"] = case(
+                {n: r.progress_within for n, r in reports.items()},
+                value=LEASE.c.lock_name,
+                else_=LEASE.c.progress_within,
+            )
         stmt = (
             LEASE.update()
             .where(
                 LEASE.c.holder == holder,
-                or_(*[and_(LEASE.c.lock_name == n, LEASE.c.epoch == e) for n, e in held.items()]),
+                or_(
+                    *[
+                        and_(LEASE.c.lock_name == n, LEASE.c.epoch == r.epoch)
+                        for n, r in held.items()
+                    ]
+                ),
             )
-            .values(renewals=LEASE.c.renewals + 1, renewed_at=self.now)
+            .values(**values)
             .returning(LEASE.c.lock_name, LEASE.c.enabled, LEASE.c.release_requested)
         )
-        with self.engine.begin() as conn:
-            return {r.lock_name: (r.enabled, r.release_requested) for r in conn.execute(stmt)}
+        return {r.lock_name: (r.enabled, r.release_requested) for r in conn.execute(stmt)}
 
     def release(
         self,
         holder: str,
         held: Mapping[str, int],
         details: Mapping[str, str] | None = None,
-        yielded: Iterable[str] = (),
+        yielded_to: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Free the leases still held at their epoch; returns the names freed.
 
-        ``yielded`` names are handed over by the spread: standbys over their quota
-        leave them to the others for a grace period. Any other release is taken
-        at once by whoever sees it first.
+        ``yielded_to`` names the worker the spread hands a lease to: it (or a
+        worker under quota) takes it at once, others only after a grace. Any other
+        release is taken at once by whoever sees it first.
         """
         if not held:
             return []
+        targets = dict(yielded_to or {})
         stmt = (
             LEASE.update()
             .where(
@@ -235,143 +299,59 @@ class LeaseStore:
             .values(
                 holder=None,
                 release_requested=false(),
-                yielded=case((LEASE.c.lock_name.in_(list(yielded)), true()), else_=false()),
+                yielded_to=case(targets, value=LEASE.c.lock_name, else_=None) if targets else None,
                 renewed_at=self.now,
             )
             .returning(LEASE.c.lock_name)
         )
         with self.engine.begin() as conn:
             freed = [r.lock_name for r in conn.execute(stmt)]
-            if freed:
-                why = details or {}
-                self._record(conn, [(n, "released", holder, held[n], why.get(n)) for n in freed])
+            why = details or {}
+            record(conn, self.now, [(n, "released", holder, held[n], why.get(n)) for n in freed])
             return freed
-
-    # -- operator actions (never end a held lease: they set flags) -------------
-    def _not_stale(self, issued_at: float | None) -> ColumnElement[bool]:
-        """A command issued before the lock's last change must not undo that change."""
-        if issued_at is None:
-            return true()
-        return or_(LEASE.c.changed_at.is_(None), LEASE.c.changed_at <= issued_at)
-
-    def set_enabled(
-        self,
-        lock_name: str,
-        enabled: bool,
-        who: str,
-        reason: str | None,
-        issued_at: float | None = None,
-    ) -> tuple[bool, Lease]:
-        """Persist enabled/disabled; returns (changed, lease). Idempotent across workers."""
-        self.ensure_rows([lock_name])
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                LEASE.update()
-                .where(
-                    LEASE.c.lock_name == lock_name,
-                    LEASE.c.enabled == (not enabled),
-                    self._not_stale(issued_at),
-                )
-                .values(enabled=enabled, changed_at=self.now, changed_by=who, reason=reason)
-            ).rowcount
-            if changed:
-                event = "enabled" if enabled else "disabled"
-                self._record(conn, [(lock_name, event, who, None, reason)])
-        return bool(changed), self.read([lock_name])[lock_name]
-
-    def request_release(
-        self, lock_name: str, who: str, issued_at: float | None = None
-    ) -> tuple[bool, Lease | None]:
-        """Ask the holder to step down; returns (requested, lease)."""
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                LEASE.update()
-                .where(
-                    LEASE.c.lock_name == lock_name,
-                    LEASE.c.holder.is_not(None),
-                    LEASE.c.release_requested == false(),
-                    self._not_stale(issued_at),
-                )
-                .values(release_requested=true(), changed_at=self.now, changed_by=who)
-            ).rowcount
-            if changed:
-                self._record(conn, [(lock_name, "release-requested", who, None, None)])
-        return bool(changed), self.read([lock_name]).get(lock_name)
-
-    # -- membership (spread only: liveness by database time is fine here) -----
-    def heartbeat_member(
-        self, holder: str, node: str, held: int, window: float, prune: bool = False
-    ) -> list[Member]:
-        """Say this worker is alive and return the workers seen within ``window`` seconds."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                self._insert(MEMBER)
-                .values(holder=holder, node=node, held=held, seen_at=self.now)
-                .on_conflict_do_update(
-                    index_elements=[MEMBER.c.holder], set_={"held": held, "seen_at": self.now}
-                )
-            )
-            rows = conn.execute(
-                select(MEMBER.c.holder, MEMBER.c.node, MEMBER.c.held).where(
-                    MEMBER.c.seen_at > self.now - window
-                )
-            )
-            members = [Member(r.holder, r.node, r.held) for r in rows]
-            if prune:  # rows of crashed workers; now and then is enough
-                conn.execute(MEMBER.delete().where(MEMBER.c.seen_at < self.now - 10 * window))
-        return members
 
     def leave_member(self, holder: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(MEMBER.delete().where(MEMBER.c.holder == holder))
-
-    def db_time(self) -> float:
-        with self.engine.connect() as conn:
-            return float(conn.execute(select(self.now)).scalar_one())
-
-    def history(self, lock_name: str, limit: int = 50) -> list[dict[str, object]]:
-        stmt = (
-            select(HISTORY)
-            .where(HISTORY.c.lock_name == lock_name)
-            .order_by(HISTORY.c.id.desc())
-            .limit(limit)
-        )
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(stmt)]
-
-    HISTORY_KEEP = 10_000  # rows over all lock names; one trim per state change
-
-    def _record(self, conn: Connection, events: list[tuple]) -> None:  # type: ignore[type-arg]
-        """Append history rows in the caller's transaction; keep the table bounded."""
-        conn.execute(
-            HISTORY.insert().values(at=self.now),
-            [
-                {"lock_name": n, "event": ev, "holder": h, "epoch": e, "detail": d}
-                for n, ev, h, e, d in events
-            ],
-        )
-        newest = select(func.max(HISTORY.c.id)).scalar_subquery()
-        conn.execute(HISTORY.delete().where(HISTORY.c.id <= newest - self.HISTORY_KEEP))
+            leave_member(conn, holder)
 
     # -- fencing ---------------------------------------------------------------
     def fence(
-        self, conn: Connection, lock_name: str, epoch: int, holder: str, hold_ms: int
+        self,
+        conn: Connection,
+        lock_name: str,
+        epoch: int,
+        holder: str,
+        hold_ms: int,
+        busy_ms: int | None = None,
     ) -> bool:
-        """True if (lock_name, epoch, holder) is current, locked until ``conn`` commits.
+        """True if (lock_name, epoch, holder) is current, held so until ``conn`` commits.
 
-        PostgreSQL: ``FOR SHARE`` makes a takeover's UPDATE wait for the caller's
-        transaction, and a local idle timeout below the ttl keeps a paused caller
-        from holding it. SQLite: a no-op UPDATE takes the write lock for the same
-        effect (SQLite has one writer at a time).
+        PostgreSQL: ``FOR KEY SHARE`` makes a takeover (which locks the row FOR
+        UPDATE) wait for the caller's transaction but never blocks the holder's
+        own renewal; the transaction is bounded: idle for ``hold_ms`` it is ended
+        by the server, each later statement by ``busy_ms``. SQLite has one
+        writer: a no-op UPDATE takes the write lock, which also holds the
+        holder's own renewal back, so fenced transactions there must be short.
+        A fence that cannot be confirmed raises NotMaster.
         """
         cond = and_(
             LEASE.c.lock_name == lock_name, LEASE.c.epoch == epoch, LEASE.c.holder == holder
         )
-        if self.dialect is Dialect.POSTGRESQL:
-            conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {int(hold_ms)}"))
-            conn.execute(text(f"SET LOCAL lock_timeout = {int(hold_ms)}"))  # a busy lease table
-            row = conn.execute(select(LEASE.c.epoch).where(cond).with_for_update(read=True))
-            current = row.first() is not None
-            conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))  # the caller's writes: theirs
-            return current
-        return conn.execute(LEASE.update().where(cond).values(epoch=LEASE.c.epoch)).rowcount == 1
+        try:
+            if self.dialect is Dialect.POSTGRESQL:
+                explain_fence_errors(conn, lock_name, epoch, hold_ms)
+                conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {hold_ms:d}"))
+                conn.execute(text(f"SET LOCAL lock_timeout = {hold_ms:d}"))
+                row = conn.execute(
+                    select(LEASE.c.epoch).where(cond).with_for_update(read=True, key_share=True)
+                ).first()
+                conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
+                conn.execute(text(f"SET LOCAL statement_timeout = {busy_ms or hold_ms:d}"))
+                return row is not None
+            upd = LEASE.update().where(cond).values(epoch=LEASE.c.epoch)
+            return conn.execute(upd).rowcount == 1
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+            raise NotMaster(
+                lock_name, epoch, f"the fence could not be confirmed: {reason}"
+            ) from exc

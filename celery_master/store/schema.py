@@ -20,12 +20,13 @@ from sqlalchemy import (
     Text,
     false,
     inspect,
+    text,
     true,
 )
 
 __all__ = ["MAX_LOCK_NAME", "SCHEMA_VERSION", "add_missing_columns", "build_tables"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: lease.yielded_to/progress_at/progress_within, member.app/locks
 MAX_LOCK_NAME = 200
 
 
@@ -41,8 +42,9 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table, Table]
         Column("ttl", Float, nullable=True),
         Column("enabled", Boolean, nullable=False, default=True, server_default=true()),
         Column("release_requested", Boolean, nullable=False, default=False, server_default=false()),
-        # freed by the spread, not by a leaving worker: under-quota workers take it first
-        Column("yielded", Boolean, nullable=False, default=False, server_default=false()),
+        # freed by the spread for this holder: it (or a candidate under quota) takes it first,
+        # any other worker that runs the lock only after a grace
+        Column("yielded_to", String(255), nullable=True),
         # random per acquisition: a standby's (epoch, renewals) observation can never match a
         # later term even if a database that lost commits hands the same epoch out twice
         Column("token", String(32), nullable=True),
@@ -51,6 +53,10 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table, Table]
         Column("changed_at", Float, nullable=True),
         Column("changed_by", String(255), nullable=True),
         Column("reason", Text, nullable=True),
+        # database time of the job's last ctx.alive() carried by a renewal, and how soon the
+        # next one is due: monitoring only (celery master status --check)
+        Column("progress_at", Float, nullable=True),
+        Column("progress_within", Float, nullable=True),
     )
     meta = Table(
         "celery_master_meta",
@@ -85,6 +91,9 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table, Table]
         Column("node", String(255), nullable=False),
         Column("held", Integer, nullable=False, default=0),  # weight of the leases it holds
         Column("seen_at", Float, nullable=False),
+        Column("app", String(255), nullable=False, default="", server_default=text("''")),
+        # JSON {lock name: weight} of the lock names this worker runs: the spread's candidates
+        Column("locks", Text, nullable=False, default="{}", server_default=text("'{}'")),
     )
     return lease, meta, history, beat, member
 

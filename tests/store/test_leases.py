@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import create_engine
+import time
 
-from celery_master.store import LeaseStore, create_lease_engine
-from celery_master.store.leases import LEASE
+import pytest
+from sqlalchemy import create_engine, select
+
+from celery_master.store import LeaseStore, SchemaTooNew, create_lease_engine
+from celery_master.store.leases import LEASE, META
+from celery_master.store.schema import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -97,7 +100,10 @@ def test_enable_and_disable_are_idempotent_and_stale_commands_are_ignored(store:
 
 def test_database_time_has_sub_second_precision(store: LeaseStore):
     store.acquire("h1", ["A"], {}, {"A": 4.0})
-    stamps = {store.read(["A"])["A"].now for _ in range(5)}
+    stamps = set()
+    for _ in range(5):
+        stamps.add(store.read(["A"])["A"].now)
+        time.sleep(0.003)  # SQLite's clock reads whole milliseconds
     assert len(stamps) > 1 and any(s % 1 for s in stamps)
 
 
@@ -114,35 +120,48 @@ def test_fence_accepts_the_current_epoch_and_refuses_a_stale_one(store: LeaseSto
 
 
 def test_schema_newer_than_the_code_is_refused(store: LeaseStore):
-    from celery_master.errors import ConfigurationError
-    from celery_master.store.leases import META
-
     with store.engine.begin() as conn:
         conn.execute(META.update().values(value="99"))
-    with pytest.raises(ConfigurationError, match="schema version 99"):
+    with pytest.raises(SchemaTooNew, match="schema version 99.*upgrade celery-master"):
         store.ensure_schema()
 
 
-def test_a_lease_table_from_an_older_version_is_upgraded_at_start(db_url: str):
+def test_a_schema_1_database_is_upgraded_at_start(db_url: str):
     """The upgrade path: columns added since are added with their defaults, rows kept."""
     engine = create_engine(db_url)
-    with engine.begin() as conn:  # the lease table as an older celery-master created it
+    with engine.begin() as conn:  # the tables as celery-master 0.1 (schema 1) created them
         conn.exec_driver_sql(
             "CREATE TABLE celery_master_lease (lock_name VARCHAR(200) PRIMARY KEY, "
             "holder VARCHAR(255), epoch BIGINT NOT NULL DEFAULT 0, renewals BIGINT NOT NULL "
             "DEFAULT 0, ttl FLOAT, enabled BOOLEAN NOT NULL DEFAULT TRUE, release_requested "
-            "BOOLEAN NOT NULL DEFAULT FALSE, acquired_at FLOAT, renewed_at FLOAT, changed_at "
+            "BOOLEAN NOT NULL DEFAULT FALSE, yielded BOOLEAN NOT NULL DEFAULT FALSE, "
+            "token VARCHAR(32), acquired_at FLOAT, renewed_at FLOAT, changed_at "
             "FLOAT, changed_by VARCHAR(255), reason TEXT)"
         )
         conn.exec_driver_sql(
+            "CREATE TABLE celery_master_member (holder VARCHAR(255) PRIMARY KEY, "
+            "node VARCHAR(255) NOT NULL, held INTEGER NOT NULL, seen_at FLOAT NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE celery_master_meta (key VARCHAR(64) PRIMARY KEY, "
+            "value VARCHAR(255) NOT NULL)"
+        )
+        conn.exec_driver_sql("INSERT INTO celery_master_meta VALUES ('schema_version', '1')")
+        conn.exec_driver_sql(
             "INSERT INTO celery_master_lease (lock_name, holder, epoch) VALUES ('OLD', NULL, 7)"
         )
+        conn.exec_driver_sql("INSERT INTO celery_master_member VALUES ('h0', 'n0', 0, 0.0)")
     engine.dispose()
     store = LeaseStore(create_lease_engine(db_url, timeout=2.0))
     store.ensure_schema()
     lease = store.read(["OLD"])["OLD"]
-    assert lease.epoch == 7 and lease.yielded is False
+    assert lease.epoch == 7 and lease.yielded_to is None and lease.progress_at is None
     assert store.acquire("h", ["OLD"], {}, {"OLD": 4.0}) == {"OLD": 8}
+    (old_member,) = store.members()
+    assert (old_member.app, dict(old_member.locks)) == ("", {})
+    with store.engine.connect() as conn:
+        assert conn.execute(select(META.c.value)).scalar_one() == str(SCHEMA_VERSION) == "2"
+    store.ensure_schema()  # idempotent
 
 
 def test_a_repeated_epoch_cannot_fool_a_standby(store: LeaseStore):

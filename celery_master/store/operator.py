@@ -1,0 +1,97 @@
+"""What operators change: enable, disable, release requests, forgetting a lock name.
+
+None of these ends a held lease: they set flags the holder sees in its next
+renewal (only the holder ends its own lease). Each is one conditional
+statement; a command issued before the lock's last change cannot undo it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, false, or_, true
+from sqlalchemy.sql import ColumnElement
+
+from .history import read_history, record
+from .rows import Lease
+from .tables import LEASE
+
+__all__ = ["OperatorStatements"]
+
+
+class OperatorStatements:
+    """Mixed into LeaseStore."""
+
+    engine: Engine
+    now: ColumnElement[float]
+
+    if TYPE_CHECKING:
+
+        def ensure_rows(self, lock_names: Iterable[str]) -> None: ...
+
+        def read(self, lock_names: Iterable[str] | None = None) -> dict[str, Lease]: ...
+
+    def _not_stale(self, issued_at: float | None) -> ColumnElement[bool]:
+        """A command issued before the lock's last change must not undo that change."""
+        if issued_at is None:
+            return true()
+        return or_(LEASE.c.changed_at.is_(None), LEASE.c.changed_at <= issued_at)
+
+    def set_enabled(
+        self,
+        lock_name: str,
+        enabled: bool,
+        who: str,
+        reason: str | None,
+        issued_at: float | None = None,
+    ) -> tuple[bool, Lease]:
+        """Persist enabled/disabled; returns (changed, lease). Idempotent across workers."""
+        self.ensure_rows([lock_name])
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                LEASE.update()
+                .where(
+                    LEASE.c.lock_name == lock_name,
+                    LEASE.c.enabled == (not enabled),
+                    self._not_stale(issued_at),
+                )
+                .values(enabled=enabled, changed_at=self.now, changed_by=who, reason=reason)
+            ).rowcount
+            if changed:
+                event = "enabled" if enabled else "disabled"
+                record(conn, self.now, [(lock_name, event, who, None, reason)])
+        return bool(changed), self.read([lock_name])[lock_name]
+
+    def request_release(
+        self, lock_name: str, who: str, issued_at: float | None = None
+    ) -> tuple[bool, Lease | None]:
+        """Ask the holder to step down; returns (requested, lease)."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                LEASE.update()
+                .where(
+                    LEASE.c.lock_name == lock_name,
+                    LEASE.c.holder.is_not(None),
+                    LEASE.c.release_requested == false(),
+                    self._not_stale(issued_at),
+                )
+                .values(release_requested=true(), changed_at=self.now, changed_by=who)
+            ).rowcount
+            if changed:
+                record(conn, self.now, [(lock_name, "release-requested", who, None, None)])
+        return bool(changed), self.read([lock_name]).get(lock_name)
+
+    def forget(self, lock_name: str, who: str) -> bool:
+        """Remove the row of a lock name nobody holds; True if it was removed."""
+        with self.engine.begin() as conn:
+            gone = conn.execute(
+                LEASE.delete().where(LEASE.c.lock_name == lock_name, LEASE.c.holder.is_(None))
+            ).rowcount
+            if gone:
+                record(conn, self.now, [(lock_name, "forgotten", who, None, None)])
+        return bool(gone)
+
+    def history(self, lock_name: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return read_history(conn, lock_name, limit)
