@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from ..control import broadcast_hint
 from ..errors import ConfigurationError
@@ -123,7 +123,9 @@ class _MasterGroup(click.Group):
             return super().invoke(ctx)
         except SQLAlchemyError as exc:
             url = mask_url(resolve_database_url(ctx.obj.app.conf))
-            raise click.ClickException(f"lease database {url} failed: {first_line(exc)}") from None
+            down = isinstance(exc, OperationalError | InterfaceError)
+            state = "unreachable" if down else "failed"
+            raise click.ClickException(f"lease database {url} {state}: {first_line(exc)}") from None
 
 
 @click.group(name="master", cls=_MasterGroup)
