@@ -80,9 +80,17 @@ def test_flower_shows_the_master_field_and_survives_master_events(
         node = next(n for n, f in fields.items() if f[LOCK]["role"] == "master")
         other = next(n for n in fields if n != node)
 
+        last: list[dict[str, str]] = [{}]
+
         def summaries() -> dict[str, str]:
+            """Per worker; a worker whose inspect reply was late this time shows no stats."""
             data = json.loads(get(f"{base}/api/workers?refresh=1"))
-            return {n: w["stats"].get("master_summary", "") for n, w in data.items()}
+            last[0] = {
+                n: (w.get("stats") or {}).get("master_summary", "")
+                for n, w in data.items()
+                if isinstance(w, dict)
+            }
+            return last[0]
 
         shown = summaries()
         epoch = fields[node][LOCK]["epoch"]
@@ -103,7 +111,10 @@ def test_flower_shows_the_master_field_and_survives_master_events(
             got = summaries()
             return got if got.get(other, "").startswith(f"master of {LOCK}") else None
 
-        after = wait_for(other_is_master, 30, f"Flower to show {other} as the new master", 0.5)
+        try:
+            after = wait_for(other_is_master, 30, f"Flower to show {other} as master", 0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; Flower showed {last[0]}") from None
         assert f"(epoch {epoch + 1}, since " in after[other], after
         log = (cluster.dir / "flower.log").read_text()
         assert "Traceback" not in log, log[-3000:]
