@@ -213,3 +213,14 @@ def test_status_marks_a_lock_name_registered_by_two_apps(make_cluster, pg_url):
     assert f"warning: {LOCK!r} is registered by several apps (billing, journal_app)" in (
         shown.stderr
     ), shown.stderr
+
+
+def test_check_covers_the_ha_beat_lock_of_the_app(make_cluster, pg_url):
+    cluster = make_cluster(pg_url, **FAST_TIMING)
+    cluster.env["CELERY_MASTER_BEAT"] = "1"  # read by the workers and by the CLI alike
+    cluster.start_workers(1)
+    wait_for(lambda: exits(check(cluster), 0), 20, "a master of both lock names", 0.2)
+    assert check(cluster).stdout.startswith("OK: 2 lock name(s)")
+    disabled = cluster.celery("master", "disable", "celery-beat:journal_app")
+    assert disabled.returncode == 0, disabled.stderr
+    assert check(cluster).stdout.startswith("WARNING celery-beat:journal_app: disabled")

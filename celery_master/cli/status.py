@@ -16,6 +16,7 @@ from .. import probe
 from ..beat.job import beat_settings
 from ..errors import ConfigurationError
 from ..holder import Holder
+from ..identity import app_identity
 from ..registry import jobs_of
 from ..settings import resolve_job_settings
 from ..store.engine import create_lease_engine, mask_url
@@ -72,7 +73,7 @@ def _app_locks(app: Any) -> dict[str, float]:
             job.lock_name: resolve_job_settings(app.conf, job.options).heartbeat_interval
             for job in jobs_of(app)
         }
-        beat_on, beat_lock = beat_settings(app.conf)
+        beat_on, beat_lock = beat_settings(app.conf, identity=app_identity(app))
         if beat_on:
             locks[beat_lock] = resolve_job_settings(app.conf, {}).heartbeat_interval
     except ConfigurationError as exc:
