@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.cluster import Cluster, wait_for  # noqa: E402
-from tests.support.servers import PgServer  # noqa: E402
+from tests.support.servers import PgServer, RedisServer  # noqa: E402
 
 DEFAULTS = {
     "init_delay": 1.0,
@@ -61,6 +61,9 @@ def next_starts(cluster: Cluster, names: list[str], after: float, timeout: float
     return wait_for(found, timeout, "every lock name to have a new master", 0.02)
 
 
+DURABLE = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"  # PostgreSQL's defaults
+
+
 def run(
     db: str,
     n_locks: int,
@@ -68,13 +71,17 @@ def run(
     scenarios: list[str],
     tmp: Path,
     marks: list[tuple[str, str, float, float]],
+    broker: str | None = None,
+    timing: dict[str, float] | None = None,
 ) -> dict[str, list[float]]:
-    server = PgServer() if db == "postgresql" else None
+    server = PgServer(extra=DURABLE) if db == "postgresql" else None
     url = server.url() if server else f"sqlite:///{tmp / f'{db}-{n_locks}.sqlite3'}"
     names = lock_names(n_locks)
     sub = tmp / f"{db}-{n_locks}"
     sub.mkdir()
-    cluster = Cluster.create(sub, url, locks=",".join(names), **DEFAULTS)
+    cluster = Cluster.create(
+        sub, url, broker_url=broker, locks=",".join(names), **(timing or DEFAULTS)
+    )
     cluster.env["JOURNAL_TICK"] = "1.0"
     results: dict[str, list[float]] = {s: [] for s in scenarios}
     killed: dict[int, float] = {}
@@ -163,17 +170,35 @@ def main() -> None:
     parser.add_argument("--scenarios", default="crash,graceful,outage")
     parser.add_argument("--png", type=Path, help="write a timeline picture here")
     parser.add_argument("--keep", action="store_true", help="keep journals and worker logs")
+    parser.add_argument("--broker", choices=["filesystem", "redis"], default="filesystem")
+    parser.add_argument("--check", type=float, help="check interval (default: 1 s)")
     args = parser.parse_args()
     marks: list[tuple[str, str, float, float]] = []
     rows = []
+    timing = {**DEFAULTS, **({"check_interval": args.check} if args.check else {})}
+    redis = RedisServer() if args.broker == "redis" else None
     keep = contextlib.nullcontext(tempfile.mkdtemp(prefix="cm-bench-"))
     with keep if args.keep else tempfile.TemporaryDirectory(prefix="cm-bench-") as tmp:
         print(f"working in {tmp}", flush=True)
         for db in args.db.split(","):
             for n in (int(x) for x in args.locks.split(",")):
-                res = run(db, n, args.repeats, args.scenarios.split(","), Path(tmp), marks)
+                res = run(
+                    db,
+                    n,
+                    args.repeats,
+                    args.scenarios.split(","),
+                    Path(tmp),
+                    marks,
+                    redis.url if redis else None,
+                    timing,
+                )
                 rows += [(db, n, s, v) for s, v in res.items() if v]
-    print("\nfailover time in seconds (3 workers, solo pool, filesystem broker, default timing)")
+    if redis is not None:
+        redis.close()
+    print(
+        f"\nfailover time in seconds (3 workers, solo pool, {args.broker} broker, check "
+        f"{timing['check_interval']:g} s, heartbeat 1 s x 3 retries; PostgreSQL durable)"
+    )
     print(
         f"{'database':<11}{'locks':>6}  {'scenario':<12} {'median':>7} {'min':>7} {'max':>7}"
         f" {'n':>4}"

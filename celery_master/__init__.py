@@ -25,4 +25,4 @@ __all__ = [
     "master_job",
     "register",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

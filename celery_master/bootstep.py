@@ -101,9 +101,12 @@ def install(app: Celery) -> None:
     ``register()`` calls it; call it yourself in an app module that registers
     no job but wants ``celery worker --master-beat``.
     """
+    from .broadcast import BroadcastStep  # imports control, which needs the app loaded
+
     with _install_lock:
         if MasterStep not in app.steps["worker"]:
             app.steps["worker"].add(MasterStep)
+        app.steps["consumer"].add(BroadcastStep)  # a set: adding twice is a no-op
         options = app.user_options["worker"]
         if not any("--master-beat" in getattr(o, "opts", ()) for o in options):
             options.add(

@@ -20,23 +20,40 @@ from .errors import ConfigurationError
 from .job import validate_lock_name
 from .store.leases import LeaseStore
 
-__all__ = ["ACTIONS", "HINT_COMMAND", "MAX_REASON", "broadcast_hint", "validate_reason"]
+__all__ = [
+    "ACTIONS",
+    "HINT_COMMAND",
+    "MAX_REASON",
+    "MAX_WHO",
+    "broadcast_hint",
+    "validate_reason",
+    "validate_who",
+]
 
-logger = logging.getLogger("celery_master")
+logger = logging.getLogger(__name__)
 HINT_COMMAND = "master_hint"
 ACTIONS = ("disable", "enable", "release", "status")
 MAX_REASON = 500
+MAX_WHO = 255  # the changed_by and holder columns
 SQL_WAIT = 2.0  # below the client's default_timeout below, so the reply arrives
+UNKNOWN_WHO = "unknown (celery control)"
+
+
+def _printable(value: object, what: str, limit: int) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        raise ConfigurationError(f"{what} must be printable text of at most {limit} characters")
+    return value
 
 
 def validate_reason(reason: object) -> str | None:
-    if reason is None or reason == "":
-        return None
-    if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
-        raise ConfigurationError(
-            f"reason must be printable text of at most {MAX_REASON} characters"
-        )
-    return reason
+    return _printable(reason, "reason", MAX_REASON)
+
+
+def validate_who(who: object) -> str | None:
+    """``who`` is stored and shown to operators: printable and bounded, like ``reason``."""
+    return _printable(who, "who", MAX_WHO)
 
 
 def _elector(state: Any) -> Any:
@@ -87,7 +104,14 @@ def mastercontrol(
     who: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Disable, enable or release a master job cluster-wide (persisted in SQL), or show status."""
+    """Disable, enable or release a master job cluster-wide (persisted in SQL), or show status.
+
+    One operator command has one effect: a broadcast read after its kombu
+    ``expires`` is refused (``celery master ...`` is the exact path), a
+    ``release`` is acted on only by the worker holding the lock at receipt,
+    and while one command waits for the lease database the next is refused at
+    once, so a storm never holds Celery's main loop for more than one wait.
+    """
     elector = _elector(state)
     if elector is None:
         return nok("celery-master is not running on this worker (no master job registered)")
@@ -98,26 +122,64 @@ def mastercontrol(
     try:
         name = validate_lock_name(lock_name)
         why = validate_reason(reason)
+        who = validate_who(who) or UNKNOWN_WHO
     except ConfigurationError as exc:
         return nok(str(exc))
-    known = name in elector.locks
-    who = who or "unknown (celery control)"
-
-    def apply(store: LeaseStore) -> dict[str, Any]:
-        if not known and name not in store.read([name]) and action != "disable":
-            return nok(f"unknown lock name {name!r}: known are {sorted(elector.locks)}")
-        if action == "release":
-            changed, lease = store.request_release(name, who, issued_at)
-            if lease is None or lease.holder is None:
-                return nok(f"{name!r} has no master to release")
+    broadcasts = getattr(state.consumer, "master_broadcasts", None)
+    late = broadcasts.expired_for() if broadcasts is not None else None
+    if late is not None and issued_at is None:
+        logger.info("refused a mastercontrol %s of %r read %.1fs late", action, name, late)
+        return nok(
+            f"refused: this {action} of {name!r} arrived {late:.1f}s after it expired (its "
+            "sender had stopped waiting) and could undo a later change; use "
+            f"`celery master {action} {name}`, which applies exactly once"
+        )
+    if action == "release":
+        if name not in elector.locks:
+            return nok(f"unknown lock name {name!r}: this worker knows {sorted(elector.locks)}")
+        view = elector.snapshot().get(name) or {}
+        if view.get("role") != "master" or view.get("epoch") is None:
             return ok(
                 {
                     "lock_name": name,
-                    "release_requested": True,
-                    "by_this_call": changed,
-                    "holder": lease.holder,
+                    "release_requested": False,
+                    "by_this_call": False,
+                    "detail": "this worker does not hold it; only its holder acts on a release",
                 }
             )
+        return _submit(elector, broadcasts, name, _release(name, who, issued_at, view["epoch"]))
+    return _submit(
+        elector, broadcasts, name, _set_enabled(elector, name, action, who, why, issued_at)
+    )
+
+
+def _release(name: str, who: str, issued_at: float | None, epoch: int) -> Any:
+    def apply(store: LeaseStore, holder: str) -> dict[str, Any]:
+        changed, lease = store.request_release(name, who, issued_at, holder=holder, epoch=epoch)
+        if not changed:
+            return ok(
+                {
+                    "lock_name": name,
+                    "release_requested": bool(lease and lease.release_requested),
+                    "by_this_call": False,
+                    "detail": "already requested, or this worker's term ended meanwhile",
+                }
+            )
+        return ok(
+            {"lock_name": name, "release_requested": True, "by_this_call": True, "holder": holder}
+        )
+
+    return apply
+
+
+def _set_enabled(
+    elector: Any, name: str, action: str, who: str, why: str | None, issued_at: float | None
+) -> Any:
+    known = name in elector.locks
+
+    def apply(store: LeaseStore, holder: str) -> dict[str, Any]:
+        if not known and name not in store.read([name]) and action != "disable":
+            return nok(f"unknown lock name {name!r}: known are {sorted(elector.locks)}")
         changed, lease = store.set_enabled(name, action == "enable", who, why, issued_at)
         if not changed and lease.enabled != (action == "enable"):
             return nok(f"stale {action} of {name!r} ignored: the lock changed after it was issued")
@@ -131,8 +193,25 @@ def mastercontrol(
             reply["warning"] = f"no worker here registers {name!r}; the state is persisted"
         return ok(reply)
 
+    return apply
+
+
+def _submit(elector: Any, broadcasts: Any, name: str, apply: Any) -> dict[str, Any]:
+    """Hand ``apply`` to the elector's control thread; one command pending per worker."""
+    holder = elector.holder_id
+    if broadcasts is not None:
+        with broadcasts.lock:
+            pending = broadcasts.pending
+            if pending is not None and not pending.done():
+                return nok(
+                    "refused: an earlier mastercontrol command still waits for the lease "
+                    "database on this worker; retry when it has answered"
+                )
+            future = broadcasts.pending = elector.submit(lambda store: apply(store, holder))
+    else:
+        future = elector.submit(lambda store: apply(store, holder))
     try:
-        reply = elector.submit(apply).result(timeout=SQL_WAIT)
+        reply: dict[str, Any] = future.result(timeout=SQL_WAIT)
     except FutureTimeout:
         return nok(f"the lease database did not answer within {SQL_WAIT:.0f}s; retry later")
     except SQLAlchemyError as exc:
@@ -151,4 +230,4 @@ def broadcast_hint(app: Any, lock_names: list[str]) -> None:
                 HINT_COMMAND, arguments={"lock_names": lock_names}, connection=conn
             )
     except Exception as exc:  # broker down: standbys fall back to their check interval
-        logger.warning("celery-master: hint not sent (%s)", exc)
+        logger.warning("hint not sent (%s)", exc)

@@ -18,7 +18,7 @@ from .lockstate import Role
 
 __all__ = ["RoleEvents"]
 
-logger = logging.getLogger("celery_master")
+logger = logging.getLogger(__name__)
 _STOP = object()
 
 
@@ -69,5 +69,5 @@ class RoleEvents:
                 self._failing = False
             except Exception as exc:
                 if not self._failing:
-                    logger.warning("celery-master: could not send %s event (%s)", kind, exc)
+                    logger.warning("could not send %s event (%s)", kind, exc)
                 self._failing = True

@@ -20,6 +20,7 @@ __all__ = ["HintSender"]
 
 logger = logging.getLogger(__name__)
 _STOP = object()
+WARM_UP_DESTINATION = "celery-master-warm-up@nowhere"  # no worker has this name
 
 
 class HintSender:
@@ -45,6 +46,7 @@ class HintSender:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        self._connect()  # now, not at the first hint: a hand-over must not wait for it
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -53,14 +55,32 @@ class HintSender:
         if self._conn is not None:
             self._conn.release()
 
+    def _connect(self) -> None:
+        """Connect, and publish one broadcast addressed to nobody.
+
+        The first broadcast on a connection costs several milliseconds (producer,
+        exchange declaration); paid here, it is not paid by the first hand-over.
+        """
+        try:
+            self._conn = self.app.connection_for_write()
+            self._conn.ensure_connection(max_retries=2, interval_start=0.1, interval_step=0.2)
+            self.app.control.broadcast(
+                HINT_COMMAND,
+                arguments={"lock_names": []},
+                destination=[WARM_UP_DESTINATION],
+                connection=self._conn,
+            )
+        except Exception as exc:  # the broker may be down at boot: try again at the hint
+            logger.debug("hint connection not made yet (%s)", exc)
+            self._conn = None
+
     def _send(self, lock_names: list[str]) -> None:
         for attempt in (1, 2):  # a connection the broker dropped is re-made once
             try:
                 if self._conn is None:
-                    self._conn = self.app.connection_for_write()
-                    self._conn.ensure_connection(
-                        max_retries=2, interval_start=0.1, interval_step=0.2
-                    )
+                    self._connect()
+                if self._conn is None:
+                    raise ConnectionError("no broker connection")
                 self.app.control.broadcast(
                     HINT_COMMAND, arguments={"lock_names": lock_names}, connection=self._conn
                 )

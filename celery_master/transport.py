@@ -5,14 +5,21 @@ reader on another process can move and read it in between: it gets an empty
 payload and the worker dies with ``Unrecoverable error: JSONDecodeError``. Its
 exchange (binding) files have the same window when workers boot together. This
 subclass writes every file under a temporary name and renames it into place,
-so readers only ever see whole files, and serialises binding updates with a
-lock file. Use it with ``broker_url = "filesystem://"`` and
+so readers only ever see whole files, serialises binding updates with a
+lock file, and creates its folders when a connection first opens a channel.
+Use it with ``broker_url = "filesystem://"`` and
 ``broker_transport = "celery_master.transport:FilesystemTransport"``.
+
+It relies on kombu internals that exist from kombu 5.3.0 on (``Channel`` with
+``control_folder``, ``exchange_queue_t``, ``lock``/``unlock``); kombu 5.7 added
+``Channel._exchange_file``, which checks exchange names, and older kombu gets
+the same check here, so the package's ``kombu>=5.3`` floor is true.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +40,27 @@ def _write_whole(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+_EXCHANGE_NAME = re.compile(r"\A[A-Za-z0-9._-]*\Z")  # kombu 5.7's rule; "" is the default
+
+
 class FilesystemChannel(filesystem.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Create the broker folders on first use, so an app module need not at import."""
+        super().__init__(*args, **kwargs)
+        for folder in {self.data_folder_in, self.data_folder_out, self.control_folder}:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+
+    if not hasattr(filesystem.Channel, "_exchange_file"):  # kombu < 5.7
+
+        def _exchange_file(self, exchange: str) -> Path:
+            """The exchange's binding file; a name that could leave the folder is refused."""
+            folder = Path(self.control_folder)
+            file = folder / f"{exchange}.exchange"
+            bad = not isinstance(exchange, str) or not _EXCHANGE_NAME.match(exchange)
+            if bad or (exchange and not exchange.strip(".")) or file.parent != folder:
+                raise filesystem.ChannelError(f"Invalid exchange name: {exchange!r}")
+            return file
+
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
         try:

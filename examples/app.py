@@ -19,7 +19,8 @@ log = logging.getLogger("examples.app")
 app = Celery("example")
 app.conf.update(
     broker_url="filesystem://",
-    broker_transport="celery_master.transport:FilesystemTransport",  # kombu's, minus its races
+    # kombu's transport minus its races; it creates these folders when a worker connects
+    broker_transport="celery_master.transport:FilesystemTransport",
     broker_transport_options={  # absolute folders, data in = data out; poll fast for hints
         "data_folder_in": f"{DATA}/broker",
         "data_folder_out": f"{DATA}/broker",
@@ -30,7 +31,6 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     master_database_url=f"sqlite:///{DATA}/leases.sqlite3",
 )
-os.makedirs(f"{DATA}/broker", exist_ok=True)
 
 
 def start(ctx: celery_master.MasterContext) -> None:

@@ -1,4 +1,10 @@
-"""Real servers for the suite: one PostgreSQL and one Redis per session, a database per test."""
+"""Real servers for the suite: one PostgreSQL and one Redis per session, a database per test.
+
+Nothing leaks in from the shell that runs the suite: the environment variables
+Celery and celery-master read are removed for every test (and Cluster.create
+strips them from the workers' environment), so a developer's
+``CELERY_BROKER_URL`` can never point the tests at a real broker.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, foreign_environ
 from tests.support.servers import PgServer, RedisServer
 
 _db_counter = itertools.count()
+_redis_dbs = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never inherit CELERY_BROKER_URL, CELERY_MASTER_* and friends."""
+    for name in foreign_environ():
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +62,20 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A Redis database of this test's own, empty at the start and flushed at the end.
+
+    Database 0 is never handed out, so a stray client on the default database
+    cannot see a test's queues.
+    """
+    db = 1 + next(_redis_dbs) % (RedisServer.databases - 1)
+    redis_server.flushdb(db)
+    yield redis_server.url_for(db)
+    with contextlib.suppress(Exception):
+        redis_server.flushdb(db)
 
 
 @pytest.fixture

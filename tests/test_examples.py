@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,36 @@ def test_embedded_example_app_uses_absolute_filesystem_folders():
         assert Path(opts[key]).is_absolute()
     assert opts["polling_interval"] == 0.1
     assert [j.lock_name for j in jobs_of(module.app)] == ["HEARTBEAT"]
+
+
+def test_importing_the_example_app_creates_nothing_until_a_connection_opens(tmp_path: Path):
+    """The CLI, Flower and the tests import app modules: that must not write to the disk."""
+    probe = (
+        "import os, examples.app as m; print(sorted(os.listdir('.')));"
+        "ch = m.app.connection_for_write().default_channel;"
+        "print(sorted(os.listdir('.demo')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "EXAMPLE_DATA_DIR"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "['broker', 'control']"]
+
+
+def test_the_readme_first_screen_has_install_example_commands_and_ha_beat():
+    first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:60])
+    for needed in (
+        'pip install "celery-master[postgres]"',
+        "celery_master.register(app,",
+        "./scripts/demo",
+        "./scripts/test",
+        "app.conf.master_beat = True",
+        "docs/ha-beat.md",
+    ):
+        assert needed in first_screen, f"{needed!r} is not in the README's first 60 lines"

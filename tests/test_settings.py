@@ -34,6 +34,11 @@ def test_options_beat_environment_which_beats_app_conf():
         ({}, {"CELERY_MASTER_MAX_HEARTBEAT_RETRY_COUNT": "2.5"}, "not an integer"),
         ({"master_check_interval": float("nan")}, {}, "greater than 0"),
         ({"master_check_interval": True}, {}, "must be a number"),
+        ({"master_check_interval": 0.005}, {}, r"master_check_interval \(0.005\) is below 0.01"),
+        ({"master_heartbeat_interval": 86401}, {}, "master_heartbeat_interval .* above one day"),
+        ({}, {"CELERY_MASTER_INIT_DELAY": "1e9"}, "CELERY_MASTER_INIT_DELAY .* above one day"),
+        ({"master_init_delay": float("inf")}, {}, "master_init_delay .* greater than 0"),
+        ({"master_max_heartbeat_retry_count": 10**6}, {}, "retry_count .* too large"),
     ],
 )
 def test_bad_values_name_the_setting_and_the_fix(conf, env, match):
@@ -41,11 +46,18 @@ def test_bad_values_name_the_setting_and_the_fix(conf, env, match):
         resolve_job_settings(conf, {}, environ=env)
 
 
+def test_bounds_are_inclusive():
+    s = resolve_job_settings({"master_init_delay": 0.01, "master_check_interval": 86400}, {}, {})
+    assert (s.init_delay, s.check_interval) == (0.01, 86400.0)
+
+
 def test_database_url_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_database_url({"master_database_url": "sqlite:///x"}, {}) == "sqlite:///x"
+    fs = {"broker_url": "filesystem://"}
+    explicit = {"master_database_url": "sqlite:////abs/x", **fs}
+    assert resolve_database_url(explicit, {}) == "sqlite:////abs/x"
     env = {"CELERY_MASTER_DATABASE_URL": "postgresql://h/db"}
-    assert resolve_database_url({"master_database_url": "sqlite:///x"}, env) == "postgresql://h/db"
+    assert resolve_database_url(explicit, env) == "postgresql://h/db"
     backend = {"result_backend": "db+postgresql://u:p@h/db", "broker_url": "redis://h"}
     assert resolve_database_url(backend, {}) == "postgresql://u:p@h/db"
     fs = resolve_database_url({"broker_url": "filesystem://"}, {})
@@ -57,3 +69,83 @@ def test_sqlite_default_is_refused_with_a_multi_host_broker():
         resolve_database_url({"broker_url": "redis://h:6379/0"}, {})
     with pytest.raises(ConfigurationError, match="amqp://"):
         resolve_database_url({}, {})
+
+
+def test_a_relative_sqlite_path_is_made_absolute_and_logged(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("INFO", logger="celery_master.settings")
+    url = resolve_database_url({"master_database_url": "sqlite:///rel/leases.db"}, {})
+    assert url == f"sqlite:///{tmp_path / 'rel' / 'leases.db'}"
+    assert f"relative SQLite path rel/leases.db: using {tmp_path}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://", "sqlite:///f?mode=memory"]
+)
+def test_in_memory_sqlite_is_always_refused_naming_the_setting(url):
+    with pytest.raises(ConfigurationError, match="master_database_url .* in-memory SQLite"):
+        resolve_database_url({"master_database_url": url, "broker_url": "memory://"}, {})
+    with pytest.raises(ConfigurationError, match="in-memory SQLite"):
+        resolve_database_url({"broker_url": "memory://"}, {"CELERY_MASTER_DATABASE_URL": url})
+
+
+def test_the_broker_is_read_as_celery_reads_it():
+    fs = {"broker_url": "filesystem://"}
+    with pytest.raises(ConfigurationError, match=r"master_database_url is not set .*\(redis://\)"):
+        resolve_database_url(fs, {"CELERY_BROKER_URL": "redis://h:6379/0"})
+    with pytest.raises(ConfigurationError, match="broker_transport redis"):
+        resolve_database_url({"broker_url": "memory://", "broker_transport": "redis"}, {})
+    with pytest.raises(ConfigurationError, match="amqp://"):
+        resolve_database_url({**fs, "broker_read_url": "amqp://h//"}, {})
+    local = {"broker_transport": "celery_master.transport:FilesystemTransport"}
+    assert resolve_database_url(local, {"CELERY_BROKER_URL": "filesystem://"}).startswith(
+        "sqlite:///"
+    )
+    env = {"CELERY_BROKER_URL": "redis://h", "CELERY_RESULT_BACKEND": "db+postgresql://u:p@h/d"}
+    assert resolve_database_url(fs, env) == "postgresql://u:p@h/d"
+
+
+def test_an_explicit_sqlite_file_with_a_multi_host_broker_warns_loudly(tmp_path, caplog):
+    url = f"sqlite:///{tmp_path / 'warned.db'}"
+    assert resolve_database_url({"master_database_url": url, "broker_url": "redis://h"}, {}) == url
+    assert "WARNING" in caplog.text and "may span several hosts" in caplog.text
+
+
+@pytest.mark.parametrize("lease_db", [None, "sqlite://"])
+def test_a_worker_whose_broker_spans_hosts_refuses_to_start_without_a_shared_database(
+    make_cluster, redis_server, lease_db
+):
+    """app.conf says filesystem://, the environment says Redis: Celery uses Redis, so do we."""
+    cluster = make_cluster("unused")
+    del cluster.env["CELERY_MASTER_DATABASE_URL"]
+    if lease_db:
+        cluster.env["CELERY_MASTER_DATABASE_URL"] = lease_db
+    cluster.env.pop("JOURNAL_FS_DIR")
+    cluster.env["JOURNAL_BROKER_URL"] = "filesystem://"  # app.conf.broker_url
+    cluster.env["CELERY_BROKER_URL"] = redis_server.url
+    worker = cluster.start_worker(wait_ready=False)
+    worker.proc.wait(60)
+    log = worker.log_text()
+    assert worker.proc.returncode != 0, log[-3000:]
+    assert "master_database_url" in log, log[-3000:]
+    assert ("in-memory SQLite" if lease_db else "(redis://) may span several hosts") in log
+    assert not cluster.journal.starts(), "a master job ran"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db?password=pw&sslmode=require", "postgresql://u@h/db?password=***"),
+        ("postgresql://u@h/db?sslpassword=pw", "postgresql://u@h/db?sslpassword=***"),
+        ("postgresql://u:pw@h:notaport/db?password=pw", "postgresql://***@h:notaport/***"),
+        ("x://u:pw@[bad/db?password=pw", "x://u:***@[bad/db?password=***"),
+        ("u:pw@h/db", "*** (not a URL)"),
+    ],
+)
+def test_mask_url_hides_every_password(url, shown):
+    from celery_master.store.engine import mask_url
+
+    masked = mask_url(url)
+    assert masked.startswith(shown)
+    assert "pw" not in masked.replace("password", "").replace("sslpassword", "")

@@ -95,7 +95,8 @@ def release(ctx: click.Context, lock_name: str, wait: bool, timeout: float) -> N
                 f"{Holder.node_of(before.holder)} (start another worker that registers it, "
                 "or release without --wait)"
             )
-    changed, lease = store.request_release(name, who())
+    # only the term seen above: a release never reaches the next master by accident
+    changed, _lease = store.request_release(name, who(), holder=before.holder, epoch=before.epoch)
     old = Holder.node_of(before.holder)
     click.echo(f"{name}: release requested from {old}" + ("" if changed else " (already)"))
     hint(ctx, name)

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import and_, select
 
-from .leases import BEAT, LeaseStore
+from .leases import BEAT, HISTORY, LeaseStore
 
 __all__ = ["BeatRow", "BeatState"]
 
@@ -43,11 +43,27 @@ class BeatState:
                 for r in conn.execute(stmt)
             }
 
-    def reconcile(self, ctx: Any, names: Iterable[str]) -> None:
-        """Forget entries removed from the code, add new ones (fenced)."""
+    def reconcile(self, ctx: Any, names: Iterable[str], takeover: str | None = None) -> None:
+        """Forget entries removed from the code, add new ones (fenced).
+
+        ``takeover`` (what happened to the slots missed during the gap) is
+        recorded in the history as a ``beat-takeover`` event in the same
+        transaction, so operators see every takeover of beat with its cost.
+        """
         names = list(names)
         with self.store.engine.begin() as conn:
             ctx.fence(conn)
+            if takeover is not None:
+                conn.execute(
+                    HISTORY.insert().values(
+                        lock_name=self.lock_name,
+                        at=self.store.now,
+                        event="beat-takeover",
+                        holder=ctx.holder,
+                        epoch=ctx.epoch,
+                        detail=takeover[:2000],
+                    )
+                )
             conn.execute(
                 BEAT.delete().where(BEAT.c.lock_name == self.lock_name, BEAT.c.name.not_in(names))
             )

@@ -52,16 +52,37 @@ def dialect_of(url: URL) -> Dialect:
         ) from None
 
 
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword", "secret", "token")
+MASK = "***"
+
+
 def mask_url(url: str | URL) -> str:
-    """The URL with its password hidden; safe for logs, stats and the CLI."""
+    """The URL with its password hidden, in the userinfo and the query; safe for logs and stats.
+
+    A URL that cannot be parsed is never returned as it is (it may hold a
+    password where a parser would not look): its userinfo, path and query
+    are hidden, only the scheme and host stay.
+    """
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        text = str(url)
-        if "@" in text and "://" in text:
-            scheme, rest = text.split("://", 1)
-            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        return text
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return _mask_unparsed(str(url))
+    query = {
+        k: (MASK if any(s in k.lower() for s in SECRET_QUERY_KEYS) else v)
+        for k, v in parsed.query.items()
+    }
+    rendered = parsed.set(query=query).render_as_string(hide_password=True)
+    return rendered.replace("%2A%2A%2A", MASK)
+
+
+def _mask_unparsed(text: str) -> str:
+    if "://" not in text:
+        return f"{MASK} (not a URL)"
+    scheme, rest = text.split("://", 1)
+    host = rest.rsplit("@", 1)[1] if "@" in rest else rest
+    host = host.split("/", 1)[0].split("?", 1)[0]
+    userinfo = f"{MASK}@" if "@" in rest else ""
+    return f"{scheme}://{userinfo}{host}/{MASK}"
 
 
 def sqlite_path(url: str | URL) -> Path | None:
@@ -74,12 +95,27 @@ def sqlite_path(url: str | URL) -> Path | None:
     return Path(parsed.database).resolve()
 
 
+#: PostgreSQL drivers built on libpq: they take the server-side timeouts as connect options
+LIBPQ_DRIVERS = ("psycopg2", "psycopg")
+
+
 def create_lease_engine(url: str | URL, timeout: float = 1.0) -> Engine:
-    """One small pool per process; every statement bounded by ``timeout`` seconds."""
+    """One small pool per process; every statement bounded by ``timeout`` seconds.
+
+    psycopg2 and psycopg (3) both hand ``connect_args`` to libpq as connection
+    parameters, so both get the same server-side timeouts; a PostgreSQL driver
+    that is not libpq-based would run without them, so it is refused.
+    """
     parsed = parse_url(url)
     dialect = dialect_of(parsed)
     ms = max(100, int(timeout * 1000))
     if dialect is Dialect.POSTGRESQL:
+        if parsed.get_driver_name() not in LIBPQ_DRIVERS:
+            raise ConfigurationError(
+                f"master_database_url uses the PostgreSQL driver {parsed.get_driver_name()!r}, "
+                "which cannot carry the statement, lock and idle timeouts the election relies "
+                "on: use postgresql+psycopg2:// or postgresql+psycopg://"
+            )
         connect_args = {
             "connect_timeout": max(2, math.ceil(timeout)),
             "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
@@ -91,8 +127,6 @@ def create_lease_engine(url: str | URL, timeout: float = 1.0) -> Engine:
             "tcp_user_timeout": ms * 2,
             "application_name": "celery-master",
         }
-        if parsed.get_driver_name() != "psycopg2":
-            connect_args = {"connect_timeout": connect_args["connect_timeout"]}
         engine = create_engine(
             parsed, pool_size=2, max_overflow=2, pool_timeout=timeout, connect_args=connect_args
         )

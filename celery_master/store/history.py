@@ -18,21 +18,31 @@ from .tables import HISTORY
 __all__ = ["KEEP_PER_LOCK", "Event", "read_history", "record"]
 
 KEEP_PER_LOCK = 1000
+TRIM_EVERY = 64  # a lock name is trimmed when one of its rows gets an id divisible by this
 
 #: (lock name, event, holder or who, epoch, detail)
 Event = tuple[str, str, "str | None", "int | None", "str | None"]
 
 
 def record(conn: Connection, now: ColumnElement[float], events: Iterable[Event]) -> None:
-    """Append ``events`` and keep the newest KEEP_PER_LOCK rows of each lock name touched."""
+    """Append ``events``; now and then keep only the newest KEEP_PER_LOCK rows of a lock name.
+
+    Trimming at every event would cost a hand-over a statement; trimming when a
+    row's id is a multiple of TRIM_EVERY bounds each name at about KEEP_PER_LOCK
+    + TRIM_EVERY rows, and a name flooded with events is the one trimmed most.
+    """
     rows = [
         {"lock_name": n, "event": ev, "holder": h, "epoch": e, "detail": d}
         for n, ev, h, e, d in events
     ]
     if not rows:
         return
-    conn.execute(HISTORY.insert().values(at=now), rows)
-    for name in {r["lock_name"] for r in rows}:
+    inserted = conn.execute(
+        HISTORY.insert().values(at=now).returning(HISTORY.c.id, HISTORY.c.lock_name),
+        rows,
+    ).all()
+    due = {name for row_id, name in inserted if row_id % TRIM_EVERY == 0}
+    for name in due:
         oldest_kept = (
             select(HISTORY.c.id)
             .where(HISTORY.c.lock_name == name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, false, or_, true
+from sqlalchemy import Engine, and_, false, or_, true
 from sqlalchemy.sql import ColumnElement
 
 from .history import read_history, record
@@ -64,15 +64,26 @@ class OperatorStatements:
         return bool(changed), self.read([lock_name])[lock_name]
 
     def request_release(
-        self, lock_name: str, who: str, issued_at: float | None = None
+        self,
+        lock_name: str,
+        who: str,
+        issued_at: float | None = None,
+        holder: str | None = None,
+        epoch: int | None = None,
     ) -> tuple[bool, Lease | None]:
-        """Ask the holder to step down; returns (requested, lease)."""
+        """Ask the holder to step down; returns (requested, lease).
+
+        ``holder``/``epoch``: only that term (a broadcast release is applied by
+        the holder at receipt, never to the next term).
+        """
+        term = true() if holder is None else and_(LEASE.c.holder == holder, LEASE.c.epoch == epoch)
         with self.engine.begin() as conn:
             changed = conn.execute(
                 LEASE.update()
                 .where(
                     LEASE.c.lock_name == lock_name,
                     LEASE.c.holder.is_not(None),
+                    term,
                     LEASE.c.release_requested == false(),
                     self._not_stale(issued_at),
                 )

@@ -132,7 +132,26 @@ def journal_send(sender: str | None = None, headers: dict | None = None, **kwarg
         "t": time.time(),
         "pid": os.getpid(),
         "lock": "celery-beat",
-        "epoch": None,
+        "epoch": (headers or {}).get("celery_master_epoch"),
+        "id": (headers or {}).get("id"),
+    }
+    with open(JOURNAL, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+@signals.after_task_publish.connect
+def journal_published(
+    sender: str | None = None, headers: dict | None = None, **kwargs: object
+) -> None:
+    """A beat send the broker accepted (a "send" may be an attempt that failed)."""
+    if sender != "tests.apps.journal_app.beat_tick":
+        return
+    line = {
+        "event": "published",
+        "t": time.time(),
+        "pid": os.getpid(),
+        "lock": "celery-beat",
+        "epoch": (headers or {}).get("celery_master_epoch"),
         "id": (headers or {}).get("id"),
     }
     with open(JOURNAL, "a") as fh:

@@ -178,3 +178,19 @@ def test_a_repeated_epoch_cannot_fool_a_standby(store: LeaseStore):
     again = store.read(["A"])["A"]
     assert (again.holder, again.epoch, again.renewals) == (seen.holder, seen.epoch, seen.renewals)
     assert store.acquire("h2", [], {"A": (seen.epoch, seen.renewals, seen.token)}, {"A": 4.0}) == {}
+
+
+def test_history_is_trimmed_per_lock_name_so_a_flood_keeps_the_others(
+    store: LeaseStore, monkeypatch
+):
+    from celery_master.store import history
+
+    monkeypatch.setattr(history, "KEEP_PER_LOCK", 5)
+    monkeypatch.setattr(history, "TRIM_EVERY", 1)
+    for _ in range(3):
+        store.set_enabled("B", False, "ops", "quiet one")
+        store.set_enabled("B", True, "ops", None)
+    for i in range(40):
+        store.set_enabled("A", i % 2 == 1, "flood", None)
+    assert len(store.history("A", 1000)) == 5
+    assert len(store.history("B", 1000)) == 5, "the flood on A erased B's history"

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["FAST_TIMING", "Cluster", "Journal", "wait_for", "worker_argv"]
+__all__ = ["FAST_TIMING", "Cluster", "Journal", "foreign_environ", "wait_for", "worker_argv"]
+
+#: environment the tests must never inherit: Celery's and our settings, the journal
+#: app's own knobs, and libfaketime's (a stepped clock is opted into, never inherited)
+FOREIGN_PREFIXES = ("CELERY_", "JOURNAL_", "FLOWER_", "FAKETIME")
+FOREIGN_NAMES = ("DJANGO_SETTINGS_MODULE",)
 
 #: timing for process tests: ttl 1.5 s, so faults resolve in seconds
 FAST_TIMING = {
@@ -29,6 +34,12 @@ FAST_TIMING = {
     "heartbeat_interval": 0.5,
     "max_heartbeat_retry_count": 2,
 }
+
+
+def foreign_environ(environ: dict[str, str] | None = None) -> list[str]:
+    """Names in ``environ`` (default: ours) that would steer Celery or the journal app."""
+    env = os.environ if environ is None else environ
+    return [k for k in env if k.startswith(FOREIGN_PREFIXES) or k in FOREIGN_NAMES]
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
@@ -124,6 +135,15 @@ class Journal:
                 f"terms overlap on {lock}: pid {p1} [{s1}, {e1}] and pid {p2} from {s2}"
             )
 
+    def assert_epochs_grow(self, lock: str) -> None:
+        """Each acquisition bumps the epoch: in start order, epochs strictly grow (S2).
+
+        The invariant, not the numbers: under load a standby may take over twice
+        before the test looks, so "the second master has epoch 2" is not promised.
+        """
+        epochs = [s["epoch"] for s in sorted(self.starts(lock), key=lambda s: s["t"])]
+        assert epochs == sorted(set(epochs)), f"epochs of {lock} in start order: {epochs}"
+
     def assert_no_stale_tick(self, lock: str) -> None:
         """No tick that claimed mastership is dated after a newer epoch's start."""
         starts = {s["epoch"]: s["t"] for s in self.starts(lock)}
@@ -152,9 +172,14 @@ class Cluster:
         database_url: str,
         broker_url: str | None = None,
         locks: str = "JOB-SCHEDULER",
+        env: dict[str, str] | None = None,
         **settings: float,
     ) -> Cluster:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_MASTER_")}
+        """``env`` adds journal-app knobs (JOURNAL_APP_NAME, JOURNAL_WEIGHTS, ...)."""
+        inherited = dict(os.environ)
+        for name in foreign_environ(inherited):
+            del inherited[name]
+        extra, env = env or {}, inherited
         env.update(
             {
                 "PYTHONPATH": str(ROOT),
@@ -169,6 +194,7 @@ class Cluster:
             env["JOURNAL_FS_DIR"] = str(tmp / "broker")
         for key, value in settings.items():
             env[f"CELERY_MASTER_{key.upper()}"] = str(value)
+        env.update(extra)
         return cls(tmp, env)
 
     @property
@@ -227,6 +253,23 @@ class Cluster:
             if (s["pid"], s["epoch"]) not in stopped and s["pid"] in live:
                 return int(s["pid"])
         return None
+
+    def query(self, sql: str, **params: Any) -> list[Any]:
+        """Rows of ``sql`` on the lease database, read as an operator would."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.env["CELERY_MASTER_DATABASE_URL"])
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(sa.text(sql), params))
+        finally:
+            engine.dispose()
+
+    def lease_holder_pid(self, lock: str = "JOB-SCHEDULER") -> int | None:
+        """Pid in the lease row's holder (node:pid:instance), whether alive or not."""
+        rows = self.query("SELECT holder FROM celery_master_lease WHERE lock_name = :n", n=lock)
+        holder = rows[0][0] if rows else None
+        return int(holder.rsplit(":", 2)[1]) if holder else None
 
     def worker(self, pid: int) -> Worker:
         return next(w for w in self.workers if w.pid == pid)
