@@ -217,6 +217,16 @@ def test_compose_stack_starts_elects_one_master_per_lock_and_beat_sends(
 
         found = wait_for(masters, 60, "a master of every lock name", 1.0)
         assert all(len(nodes) == 1 for nodes in found.values()), found
+        probe = subprocess.run(  # the cluster-wide check a CronJob would run in this image
+            ["celery", "-A", "examples.production", "master", "status", "--check"],
+            cwd=app,
+            env=service_env(services["worker1"]),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert probe.stdout.startswith(f"OK: {len(LOCKS)} lock name(s)"), probe.stdout
 
         # beat's first slot is one period (10 s) after the master's beat starts
         wait_for(

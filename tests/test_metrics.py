@@ -83,6 +83,28 @@ def test_metrics_of_real_workers_show_the_master_and_move_after_a_kill_9_failove
     assert value(after, "celery_master_epoch", lock_name=LOCK) > epoch_before
 
 
+def test_beat_sends_of_a_real_ha_beat_are_counted_on_its_master(make_cluster, pg_url):
+    cluster = make_cluster(pg_url, locks="", **FAST_TIMING)
+    cluster.env["CELERY_MASTER_BEAT"] = "1"
+    cluster.env["JOURNAL_BEAT_PERIOD"] = "0.5"
+    port = free_port()
+    cluster.env["CELERY_MASTER_METRICS_PORT"] = str(port)
+    cluster.start_worker("w1")
+    beat = "celery-beat:journal_app"
+
+    def sends() -> float | None:
+        try:
+            samples = scrape(port)
+        except OSError:
+            return None
+        count = value(samples, "celery_master_beat_sends_total", lock_name=beat)
+        return count if count and count >= 2 else None
+
+    wait_for(sends, 20, "two beat sends counted", 0.2)
+    sent = len(cluster.journal.events("send"))
+    assert sent >= 2, "the journal saw the sends the metric counted"
+
+
 def test_step_downs_and_ticks_are_counted_by_kind_of_reason():
     metrics = MasterMetrics()
     metrics.role_changed(LOCK, "master", 1, "elected")
