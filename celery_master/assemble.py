@@ -20,6 +20,7 @@ from .hints import HintSender
 from .holder import Holder
 from .identity import app_identity
 from .job import MasterJob
+from .metrics import MasterMetrics
 from .registry import jobs_of
 from .settings import JobSettings, resolve_database_url, resolve_job_settings
 from .store.engine import create_lease_engine, mask_url, sqlite_path
@@ -72,16 +73,20 @@ def assemble(app: Any, hostname: str, beat_on: bool) -> Assembly | None:
         pairs.append((BeatJob(app, beat_lock, store).as_job(), beat_timing))
     hints = HintSender(app)
     events = RoleEvents(app, hostname)
+    metrics = MasterMetrics.serve(app)  # None unless master_metrics_port is set
     elector = Elector(
         store,
         pairs,
         Holder.for_node(hostname),
         hints,
-        on_role_change=events,
+        on_role_change=events if metrics is None else metrics.fan_out(events),
+        on_tick=None if metrics is None else metrics.tick,
         app_name=identity,
         on_setup=_legacy_beat_check(beat_lock) if beat_on else None,
     )
     events.roles = elector.snapshot
+    if metrics is not None:
+        metrics.elector = elector
     path = sqlite_path(url)
     logger.info(
         "%d master job(s) %s of app %r; leases in %s%s",
@@ -91,7 +96,7 @@ def assemble(app: Any, hostname: str, beat_on: bool) -> Assembly | None:
         mask_url(url),
         f" (file {path})" if path else "",
     )
-    return Assembly(elector, events, hints)
+    return Assembly(elector, events, hints, [metrics.stop] if metrics is not None else [])
 
 
 def _legacy_beat_check(beat_lock: str) -> Callable[[LeaseStore], None]:

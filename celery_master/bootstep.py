@@ -14,6 +14,7 @@ from typing import Any
 import click
 from celery import Celery, bootsteps, signals
 
+from . import summary
 from .assemble import Assembly, assemble
 from .beat.job import beat_settings
 from .errors import ConfigurationError
@@ -65,7 +66,11 @@ class MasterStep(bootsteps.StartStopStep):
         elector = getattr(worker, "master_elector", None)
         if elector is None:
             return {}
-        return {"master": {"database": elector.describe_database(), **elector.snapshot()}}
+        view = elector.snapshot()
+        return {
+            "master": {"database": elector.describe_database(), **view},
+            "master_summary": summary.render(view),
+        }
 
     def _on_shutting_down(self, sender: Any = None, **kwargs: Any) -> None:
         """Sent from the SIGTERM handler: start the hand-over now, not 2-4 s later."""

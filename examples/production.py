@@ -1,13 +1,14 @@
 """Production shape: PostgreSQL leases, Redis broker, HA beat + one master job (docker-compose.yml).
 
-Run: DATABASE_URL=postgresql+psycopg2://... REDIS_URL=redis://... celery -A examples.production
-worker -n w1@%h on any number of hosts; exactly one of them runs beat and the feed poller.
+Run on any number of hosts, configured the way Celery and celery-master read it
+themselves: ``CELERY_BROKER_URL=redis://... CELERY_MASTER_DATABASE_URL=postgresql+psycopg2://...
+celery -A examples.production worker -n w1@%h``. Exactly one worker runs beat
+and exactly one runs the feed poller.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 from celery import Celery
 
@@ -17,11 +18,9 @@ log = logging.getLogger("examples.production")
 
 app = Celery("production")
 app.conf.update(
-    broker_url=os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
-    master_database_url=os.environ.get(
-        "DATABASE_URL", "postgresql+psycopg2://celery:celery@localhost:5432/celery"
-    ),
-    master_beat=True,  # celery beat runs on the elected master only (lock "celery-beat")
+    master_beat=True,  # celery beat runs on the elected master only
+    # named explicitly: a rolling upgrade from a version with another default never runs two beats
+    master_beat_lock_name="celery-beat:production",
     beat_schedule={
         "report-every-10s": {"task": "examples.production.report", "schedule": 10.0},
     },
@@ -33,6 +32,7 @@ def poll_feed(ctx: celery_master.MasterContext) -> None:
     while not ctx.stopping.wait(5.0):
         if ctx.is_master():
             ingest.apply_async(kwargs={"epoch": ctx.epoch})
+            ctx.alive(within=15.0)  # `celery master status --check` alarms if this stops
 
 
 celery_master.register(app, "FEED-POLLER", poll_feed)

@@ -50,7 +50,7 @@ def test_compose_runs_three_workers_and_flower_of_the_production_example(compose
     for name in ("postgres", "redis", *(f"worker{i}" for i in (1, 2, 3)), "flower"):
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
     env = services["worker1"]["environment"]
-    assert "${POSTGRES_PASSWORD" in env["DATABASE_URL"], "no password baked in"
+    assert "${POSTGRES_PASSWORD" in env["CELERY_MASTER_DATABASE_URL"], "no password baked in"
 
 
 def test_production_example_registers_beat_and_its_master_job():

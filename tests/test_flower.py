@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import urllib.request
 
 from celery import Celery
 
+from celery_master.summary import render
 from tests.support.cluster import FAST_TIMING, wait_for
 from tests.support.servers import free_port
 
@@ -76,15 +78,44 @@ def test_flower_shows_the_master_field_and_survives_master_events(
         assert roles == ["master", "standby"]
         assert all("secret-pw" not in json.dumps(f) for f in fields.values())
         node = next(n for n, f in fields.items() if f[LOCK]["role"] == "master")
+        other = next(n for n in fields if n != node)
+
+        last: list[dict[str, str]] = [{}]
+
+        def summaries() -> dict[str, str]:
+            """Per worker; a worker whose inspect reply was late this time shows no stats."""
+            data = json.loads(get(f"{base}/api/workers?refresh=1"))
+            last[0] = {
+                n: (w.get("stats") or {}).get("master_summary", "")
+                for n, w in data.items()
+                if isinstance(w, dict)
+            }
+            return last[0]
+
+        shown = summaries()
+        epoch = fields[node][LOCK]["epoch"]
+        assert shown[node].startswith(f"master of {LOCK} (epoch {epoch}, since "), shown
+        assert shown[other] == f"standby for {LOCK}", shown
         page = get(f"{base}/worker/{node}")
-        assert LOCK in page and "master" in page, "the worker page's Other tab shows the field"
+        assert "master_summary" in page and html.escape(shown[node]) in page, (
+            "the worker page's Other tab shows the summary as text"
+        )
 
         # a hand-over sends worker-master-* events; Flower must take them in its stride
         cluster.signal(master_pid, signal.SIGTERM)
         cluster.wait_new_start(time.time() - 1, 15, exclude_pid=master_pid)
         time.sleep(1)
         assert flower.poll() is None, (cluster.dir / "flower.log").read_text()[-2000:]
-        assert json.loads(get(f"{base}/api/workers?refresh=1"))
+
+        def other_is_master() -> dict[str, str] | None:
+            got = summaries()
+            return got if got.get(other, "").startswith(f"master of {LOCK}") else None
+
+        try:
+            after = wait_for(other_is_master, 30, f"Flower to show {other} as master", 0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; Flower showed {last[0]}") from None
+        assert f"(epoch {epoch + 1}, since " in after[other], after
         log = (cluster.dir / "flower.log").read_text()
         assert "Traceback" not in log, log[-3000:]
     finally:
@@ -135,3 +166,18 @@ def test_role_changes_reach_event_consumers(make_cluster, pg_url, redis_server):
     assert {e["epoch"] for e in seen if e["type"] == "worker-master-elected"} == {1, 2}
     done.set()
     listener.join(10)
+
+
+def test_summary_reads_as_one_line_per_worker():
+    view = {
+        "database": "postgresql://u:***@db/x",
+        "B": {"role": "master", "epoch": 1, "since": "2026-11-26T12:04:10Z", "last_error": None},
+        "A": {"role": "master", "epoch": 3, "since": "2026-11-26T12:01:02Z", "last_error": None},
+        "C": {"role": "standby", "epoch": None, "since": "2026-11-26T12:00:00Z"},
+        "D": {"role": "disabled", "epoch": None, "last_error": "database unreachable"},
+    }
+    assert render(view) == (
+        "master of A (epoch 3, since 12:01:02Z), B (epoch 1, since 12:04:10Z); "
+        "standby for C; disabled: D; errors: D: database unreachable"
+    )
+    assert render({}) == "no master jobs"
