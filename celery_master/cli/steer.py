@@ -8,13 +8,11 @@ until the workers have acted.
 from __future__ import annotations
 
 import click
-from sqlalchemy import or_
 
 from ..control import validate_reason
 from ..errors import ConfigurationError
 from ..holder import Holder
 from ..store.engine import mask_url
-from ..store.leases import LEASE
 from ..watch import lease_expired, wait_for_new_holder, wait_until_stopped
 from .group import NO_TABLES, has_tables, hint, lock_arg, master, open_store, who
 
@@ -128,18 +126,13 @@ def forget(ctx: click.Context, lock_name: str) -> None:
             f"{name!r} is held by {Holder.node_of(lease.holder)}: remove its job from the "
             "workers (or `celery master disable --wait` it) before forgetting it"
         )
-    runners = sorted(m.node for m in store.members() if name in m.locks)
+    live = store.members(window=3 * (lease.ttl or 4.0))  # as the elector judges liveness
+    runners = sorted(m.node for m in live if name in m.locks)
     if runners:
         raise click.ClickException(
             f"live workers still run {name!r}: {', '.join(runners)}; remove the job from "
             "their code and restart them first"
         )
-    stmt = LEASE.delete().where(
-        LEASE.c.lock_name == name,
-        or_(LEASE.c.holder.is_(None), LEASE.c.renewed_at + LEASE.c.ttl <= store.now),
-    )
-    with store.engine.begin() as conn:
-        removed = conn.execute(stmt).rowcount
-    if not removed:
+    if not store.forget(name, who()):
         raise click.ClickException(f"{name!r} was taken meanwhile; nothing removed")
     click.echo(f"{name}: forgotten (its history stays; a worker that registers it recreates it)")

@@ -94,10 +94,12 @@ class OperatorStatements:
         return bool(changed), self.read([lock_name]).get(lock_name)
 
     def forget(self, lock_name: str, who: str) -> bool:
-        """Remove the row of a lock name nobody holds; True if it was removed."""
+        """Remove the row of a lock name nobody holds (or whose lease expired by database
+        time: a killed holder); True if it was removed. Its history stays."""
+        unheld = or_(LEASE.c.holder.is_(None), LEASE.c.renewed_at + LEASE.c.ttl <= self.now)
         with self.engine.begin() as conn:
             gone = conn.execute(
-                LEASE.delete().where(LEASE.c.lock_name == lock_name, LEASE.c.holder.is_(None))
+                LEASE.delete().where(LEASE.c.lock_name == lock_name, unheld)
             ).rowcount
             if gone:
                 record(conn, self.now, [(lock_name, "forgotten", who, None, None)])

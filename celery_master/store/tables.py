@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData, func, literal
+from sqlalchemy import Float, MetaData, cast, func, literal
 from sqlalchemy.sql import ColumnElement
 
 from .engine import Dialect
@@ -17,5 +17,6 @@ LEASE, META, HISTORY, BEAT, MEMBER = build_tables(METADATA)
 def db_now(dialect: Dialect) -> ColumnElement[float]:
     """The database clock as float seconds (sub-second precision on both dialects)."""
     if dialect is Dialect.POSTGRESQL:
-        return func.extract("epoch", func.clock_timestamp())  # type: ignore[return-value]
+        # extract() is numeric (Decimal) on PostgreSQL 14+: float, as on SQLite
+        return cast(func.extract("epoch", func.clock_timestamp()), Float)
     return (func.julianday("now") - literal(2440587.5)) * literal(86400.0)

@@ -105,6 +105,8 @@ def test_database_time_has_sub_second_precision(store: LeaseStore):
         stamps.add(store.read(["A"])["A"].now)
         time.sleep(0.003)  # SQLite's clock reads whole milliseconds
     assert len(stamps) > 1 and any(s % 1 for s in stamps)
+    lease = store.read(["A"])["A"]  # regression: PostgreSQL 14+ returned a Decimal here
+    assert isinstance(lease.now, float) and 0 < (lease.lease_left or 0) <= 4.0
 
 
 def test_fence_accepts_the_current_epoch_and_refuses_a_stale_one(store: LeaseStore, db_url: str):
