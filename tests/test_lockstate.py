@@ -107,3 +107,23 @@ def test_a_disabled_lease_is_never_taken_and_forgets_what_was_seen():
     assert look(lk, lease("h", enabled=False), TTL * 2) is Decision.WAIT
     assert look(lk, lease(enabled=False), TTL * 3) is Decision.WAIT
     assert lk.seen is None and lk.enabled is False
+
+
+def test_the_watchdog_stops_a_term_at_its_deadline_and_sleeps_until_the_next():
+    """Whatever the elector does (it may hang in a statement), the deadline holds."""
+    from celery_master.job import MasterContext
+    from celery_master.runner import Runner
+    from celery_master.watchdog import Watchdog
+
+    now = [100.0]
+    a, b = state(), state()
+    a.runner = Runner(a.job, MasterContext("A", 1, ME, deadline=101.0, clock=lambda: now[0]), 1.0)
+    b.runner = Runner(b.job, MasterContext("B", 1, ME, deadline=103.0, clock=lambda: now[0]), 1.0)
+    stopped: list[tuple[str, str]] = []
+    dog = Watchdog(
+        lambda: [a, b], lambda lk, why: stopped.append((lk.name, why)), lambda: now[0], 5
+    )
+    assert dog.check() == 1.0 and stopped == [], "wakes when the first deadline is due"
+    now[0] = 101.0
+    assert dog.check() == 2.0
+    assert [name for name, _ in stopped] == ["L"] and "deadline passed" in stopped[0][1]
