@@ -6,10 +6,11 @@ computed per lock name over its *candidates*, the live members that run it
 (never over every row of the member table):
 
 * a worker's *load* is the weight it holds (over every lock name it holds);
-* a held lock moves only to a lighter candidate of that lock, only while this
-  worker is above the candidates' fair share, and only if ``load - w >=
-  other + w``: every move shrinks the differences, so moves cannot go back and
-  forth;
+* a held lock moves only to a lighter candidate of that lock, and only if
+  ``load - w >= other + w``: every move shrinks the differences, so moves
+  cannot go back and forth; above the candidates' fair share a worker makes
+  as many such moves as it takes, within it one per look (its peers act on
+  the same view);
 * ``prefer`` (a node-name glob) hands a lock to a live candidate whose node
   name matches, and makes others leave a free lease to it for a grace;
 * a yielded lease is taken at once by the candidate it was yielded to, and by
@@ -102,6 +103,7 @@ class Spread:
                 loads[to.holder] += h.weight
                 load -= h.weight
         moved = {m.lock_name for m in out}
+        balanced = 0
         for h in sorted(held, key=lambda h: (h.weight, h.lock_name)):
             if h.lock_name in moved:
                 continue
@@ -110,7 +112,10 @@ class Spread:
                 continue
             fair = math.ceil((load + sum(loads[m.holder] for m in cands)) / (len(cands) + 1))
             to = min(cands, key=lambda m: (loads[m.holder], m.holder))
-            if load > fair and load - h.weight >= loads[to.holder] + h.weight:
+            # above the fair share, as many moves as it takes; within it, one move per look
+            # (others act on the same view), and only one that shrinks the difference
+            if (load > fair or not balanced) and load - h.weight >= loads[to.holder] + h.weight:
+                balanced += 1
                 out.append(Move(h.lock_name, to.holder, to.node, "balance"))
                 loads[to.holder] += h.weight
                 load -= h.weight

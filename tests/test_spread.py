@@ -40,6 +40,15 @@ def test_a_heavy_worker_hands_the_surplus_to_lighter_candidates_in_one_look():
     assert Counter(m.to_node for m in moves) == {"b@h": 3, "c@h": 3, "d@h": 3}
 
 
+def test_a_joining_worker_gets_a_share_even_when_everyone_is_at_the_fair_share():
+    """16 lock names on 4 workers, a fifth joins: ceil(16/5) = 4 is everyone's load."""
+    mine = list(TWELVE) + ["X1", "X2", "X3", "X4"]
+    locks = dict.fromkeys(mine, 1)
+    others = [member(n, 4, locks) for n in ("b@h", "c@h", "d@h")] + [member("e@h", 0, locks)]
+    moves = spread("a@h", locks, others).moves(held(mine[:4]))
+    assert [m.to_node for m in moves] == ["e@h"], "one move per look toward the newcomer"
+
+
 def test_no_move_once_loads_differ_by_less_than_two_weights():
     others = [member("b@h", 4, TWELVE), member("c@h", 4, TWELVE)]
     assert spread("a@h", TWELVE, others).moves(held(list(TWELVE)[:4])) == []
