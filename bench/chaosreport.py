@@ -1,0 +1,213 @@
+"""What the chaos soak counts: overlaps, stale fenced writes, availability, beat slots, errors.
+
+Every count reads evidence the workers left (their journals, their logs, rows
+in the lease database), never the soak's own bookkeeping of what should have
+happened. Instants are journal instants: CLOCK_MONOTONIC on one base for every
+process (JOURNAL_CLOCK_BASE), so a worker whose wall clock was stepped still
+journals on the host's one timeline.
+
+Stale fenced writes are judged in *commit order* on PostgreSQL: deferred
+constraint triggers draw a number from one sequence while each fenced write
+and each acquisition commits. A fenced write is stale when an acquisition of a
+newer epoch of its lock committed before it: exactly the write the fence must
+refuse (fenced before a takeover, committed after it). A timestamp taken before
+the commit would never see that case. SQLite (one writer) is judged by the
+write's timestamp against the acquisition's, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+__all__ = [
+    "ALLOWED_ERRORS",
+    "Window",
+    "availability",
+    "beat_slots",
+    "error_lines",
+    "install_commit_order",
+    "overlaps",
+    "stale_fenced_writes",
+]
+
+Window = tuple[float, float]  # [start, end) on the journal timeline
+
+#: ERROR/CRITICAL lines a fault is expected to cause, each with the reason it is fine
+ALLOWED_ERRORS: dict[str, str] = {
+    r"consumer: Cannot connect to redis": "Celery's own consumer during a broker_stop fault",
+    r"consumer: Connection to broker lost": "Celery's own consumer during a broker_stop fault",
+}
+
+COMMIT_ORDER_DDL = [
+    "CREATE TABLE IF NOT EXISTS journal_fenced_tick (lock_name VARCHAR(200), "
+    "epoch BIGINT, holder VARCHAR(255), at FLOAT)",
+    "CREATE SEQUENCE IF NOT EXISTS journal_commit_seq",
+    "CREATE TABLE IF NOT EXISTS journal_commit_order "
+    "(kind TEXT, lock_name TEXT, epoch BIGINT, seq BIGINT)",
+    """CREATE OR REPLACE FUNCTION journal_fenced_committed() RETURNS trigger
+       LANGUAGE plpgsql AS $$ BEGIN
+         INSERT INTO journal_commit_order
+           VALUES ('fenced', NEW.lock_name, NEW.epoch, nextval('journal_commit_seq'));
+         RETURN NULL; END $$""",
+    """CREATE OR REPLACE FUNCTION journal_acquired_committed() RETURNS trigger
+       LANGUAGE plpgsql AS $$ BEGIN
+         INSERT INTO journal_commit_order
+           VALUES ('acquired', NEW.lock_name, NEW.epoch, nextval('journal_commit_seq'));
+         RETURN NULL; END $$""",
+    "DROP TRIGGER IF EXISTS journal_fenced_order ON journal_fenced_tick",
+    """CREATE CONSTRAINT TRIGGER journal_fenced_order AFTER INSERT ON journal_fenced_tick
+       DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION journal_fenced_committed()""",
+    "DROP TRIGGER IF EXISTS journal_acquired_order ON celery_master_lease",
+    """CREATE CONSTRAINT TRIGGER journal_acquired_order AFTER UPDATE ON celery_master_lease
+       DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+       WHEN (NEW.epoch IS DISTINCT FROM OLD.epoch)
+       EXECUTE FUNCTION journal_acquired_committed()""",
+]
+
+
+def install_commit_order(url: str) -> None:
+    """Create the lease tables (as a worker would) and the commit-order triggers."""
+    from celery_master.store.leases import LeaseStore
+
+    engine = sa.create_engine(url)
+    try:
+        LeaseStore(engine).ensure_schema()
+        with engine.begin() as conn:
+            for statement in COMMIT_ORDER_DDL:
+                conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def stale_fenced_writes(url: str) -> tuple[int, int, str]:
+    """(stale writes, fenced writes, how judged)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            total = int(conn.execute(sa.text("SELECT count(*) FROM journal_fenced_tick")).scalar())
+            if engine.dialect.name == "postgresql":
+                stale = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM journal_commit_order f WHERE f.kind = 'fenced' "
+                        "AND EXISTS (SELECT 1 FROM journal_commit_order a "
+                        "WHERE a.kind = 'acquired' AND a.lock_name = f.lock_name "
+                        "AND a.epoch > f.epoch AND a.seq < f.seq)"
+                    )
+                ).scalar()
+                return int(stale), total, "commit order"
+            acquired = conn.execute(
+                sa.text(
+                    "SELECT lock_name, epoch, at FROM celery_master_history "
+                    "WHERE event = 'acquired'"
+                )
+            ).all()
+            ticks = conn.execute(
+                sa.text("SELECT lock_name, epoch, at FROM journal_fenced_tick")
+            ).all()
+    finally:
+        engine.dispose()
+    took: dict[str, dict[int, float]] = defaultdict(dict)
+    for lock, epoch, at in acquired:
+        took[lock][epoch] = at
+    stale = 0
+    for lock, epoch, at in ticks:
+        newer = [t for e, t in took[lock].items() if e > epoch]
+        stale += bool(newer and at >= min(newer))
+    return stale, total, "write timestamp (SQLite)"
+
+
+def overlaps(starts: list[dict[str, Any]], ticks: list[dict[str, Any]]) -> int:
+    """Ticks that claimed mastership after a newer epoch of the same lock had started."""
+    began = {s["epoch"]: s["t"] for s in starts}
+    count = 0
+    for tick in ticks:
+        newer = [t for ep, t in began.items() if ep > tick["epoch"]]
+        if tick["is_master"] and newer and tick["at"] >= min(newer):
+            count += 1
+    return count
+
+
+def _in_any(t: float, windows: Iterable[Window]) -> bool:
+    return any(a <= t < b for a, b in windows)
+
+
+def availability(
+    ticks: list[dict[str, Any]], began: float, finished: float, excluded: list[Window]
+) -> dict[str, Any]:
+    """Share of 1 s bins with a master tick, bins touching a window left out.
+
+    ``missing_at``: seconds after ``began`` of the first counted bins with no master.
+    """
+    bins = {int(t["at"]) for t in ticks if t["is_master"]}
+    counted = [
+        b
+        for b in range(int(began) + 1, int(finished))
+        if not any(a < b + 1 and b < z for a, z in excluded)
+    ]
+    missing = [b for b in counted if b not in bins]
+    return {
+        "share": round(1 - len(missing) / max(1, len(counted)), 4),
+        "bins": len(counted),
+        "missing_at": [round(b - began, 1) for b in missing[:8]],
+    }
+
+
+def beat_slots(
+    sends: list[dict[str, Any]],
+    period: float,
+    began: float,
+    finished: float,
+    excluded: list[Window],
+    left_out_pids: set[int],
+) -> dict[str, Any]:
+    """Sends per wall-clock slot of one app's beat: duplicates, and lost slots outside windows.
+
+    Sends of a worker whose clock was stepped are left out, and so are the slots
+    around them (that worker's beat sent by its own, stepped, wall clock).
+    """
+    mine = [e for e in sends if e.get("slot") is not None and e["pid"] not in left_out_pids]
+    stepped = [e["t"] for e in sends if e["pid"] in left_out_pids]
+    windows = list(excluded)
+    if stepped:
+        windows.append((min(stepped) - period, max(stepped) + 2 * period))
+    per_slot = Counter(e["slot"] for e in mine)
+    duplicates = {slot: n for slot, n in per_slot.items() if n > 1}
+    first = math.floor(began / period) + 1
+    last = math.floor(finished / period) - 1
+    expected = [
+        s
+        for s in range(first, last + 1)
+        if not _in_any(s * period, windows) and not _in_any((s + 1) * period - 1e-6, windows)
+    ]
+    lost = [s for s in expected if s not in per_slot]
+    return {
+        "sends": len(mine),
+        "slots_counted": len(expected),
+        "duplicates": sum(n - 1 for n in duplicates.values()),
+        "duplicate_slots": sorted(duplicates)[:5],
+        "lost": len(lost),
+        "lost_at": [round(s * period - began, 1) for s in lost[:8]],
+        "left_out_sends": len(sends) - len(mine),
+    }
+
+
+def error_lines(logs: Iterable[str]) -> tuple[list[str], dict[str, int]]:
+    """(ERROR/CRITICAL lines not allowed, allowed ones counted by reason)."""
+    bad: list[str] = []
+    allowed: Counter[str] = Counter()
+    for text in logs:
+        for line in text.splitlines():
+            if "ERROR/" not in line and "CRITICAL/" not in line:
+                continue
+            reason = next((r for p, r in ALLOWED_ERRORS.items() if re.search(p, line)), None)
+            if reason is None:
+                bad.append(line.split("] ", 1)[-1][:200])
+            else:
+                allowed[reason] += 1
+    return bad, dict(allowed)
