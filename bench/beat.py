@@ -50,9 +50,9 @@ def main() -> None:
         "\nHA beat gap after a fault, seconds (gap = first send after - last send before - "
         "1 s period)"
     )
-    print(f"{'scenario':<10}{'median':>7} {'min':>7} {'max':>7}  {'n':>3}")
-    for kind, values in gaps.items():
-        print(f"{kind:<10}{fmt_gaps(values)}  {len(values):>3}")
+    print(f"{'scenario':<10}{'n':>3} {'median':>7} {'min':>7} {'max':>7}")
+    for kind in gaps.scenarios():
+        print(f"{kind:<10}{fmt_gaps(gaps.values.get(kind, []), gaps.not_injected.get(kind, 0))}")
     print(f"duplicate sends (two sends < 0.5 s apart) over the whole run: {dups}")
     if args.png:
         print(f"timeline written to {args.png}")
