@@ -45,6 +45,10 @@ def assert_healthy(report) -> None:
 
 
 def test_short_soak_is_safe_available_and_recovers():
-    report = load_chaos().main(["--duration", "50", "--fast", "--seed", "11", "--every", "3"])
+    """Classic faults plus database blips and +-1 h wall-clock steps on a worker and on
+    PostgreSQL (libfaketime): no clock decides anything, so a step costs nothing."""
+    faults = "classic,db_blip,clock_worker,clock_db"
+    args = ["--duration", "50", "--fast", "--seed", "11", "--every", "3", "--faults", faults]
+    report = load_chaos().main(args)
     assert sum(report["faults"].values()) >= 5, report["faults"]
     assert_healthy(report)
