@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def parse_faults(text: str) -> list[str]:
 class Soak(FaultsMixin):
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
-        self.rng = __import__("random").Random(args.seed)
+        self.rng = random.Random(args.seed)
         self.kinds = parse_faults(args.faults)
         self.base = time.time() - time.monotonic()  # the journal timeline of every process
         self.clock_files: dict[str, Path] = {}
