@@ -176,20 +176,21 @@ def run_system(
     return gaps
 
 
-def fmt_gaps(values: list[float | None], not_injected: int = 0) -> str:
-    """``n median min max`` of the injected faults, and a note for those that hit nothing."""
+def fmt_gaps(values: list[float | None]) -> str:
+    """``n median min max`` of the injected faults (``-`` when none was injected)."""
     done = [v for v in values if v is not None]
     missed = len(values) - len(done)
-    note = f"  no fault injected x{not_injected}" if not_injected else ""
-    if not values:
-        return f"{0:>3} {'-':>7} {'-':>7} {'-':>7}  no fault injected" + (
-            f" x{not_injected}" if not_injected else ""
-        )
     if not done:
-        return f"{len(values):>3} {'>' + str(int(CAP)):>7} {'-':>7} {'-':>7}{note}"
-    tail = f" ({missed} >{int(CAP)}s)" if missed else ""
+        over = f"{'>' + str(int(CAP)):>7}" if values else f"{'-':>7}"
+        return f"{len(values):>3} {over} {'-':>7} {'-':>7}"
     med_s = f"{statistics.median(done):7.2f}" if not missed else f"{'>' + str(int(CAP)):>7}"
-    return f"{len(values):>3} {med_s} {min(done):7.2f} {max(done):7.2f}{tail}{note}"
+    tail = f" ({missed} >{int(CAP)}s)" if missed else ""
+    return f"{len(values):>3} {med_s} {min(done):7.2f} {max(done):7.2f}{tail}"
+
+
+def not_injected_note(count: int) -> str:
+    """Said beside a row whose faults found no live sender to hit."""
+    return f"  no fault injected x{count}" if count else ""
 
 
 def median_or_cap(values: list[float | None]) -> float | None:

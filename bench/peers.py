@@ -27,6 +27,7 @@ from bench.beatlib import (  # noqa: E402
     duplicates,
     fmt_gaps,
     median_or_cap,
+    not_injected_note,
     run_system,
 )
 from tests.support.cluster import foreign_environ, worker_argv  # noqa: E402
@@ -146,8 +147,11 @@ def main() -> None:
                 ratio = "-"
             else:
                 ratio = f"{mine / theirs:.2f}" if theirs else "inf"
-            row = fmt_gaps(values, gaps.not_injected.get(kind, 0))
-            print(f"{system.name:<24}{kind:<10}{row}  {duplicates(system):>4}  {ratio:>11}")
+            note = not_injected_note(gaps.not_injected.get(kind, 0))
+            print(
+                f"{system.name:<24}{kind:<10}{fmt_gaps(values)}  {duplicates(system):>4}  "
+                f"{ratio:>11}{note}"
+            )
     print(
         f"dups: pairs of sends < 0.5 s apart over the whole run; >{int(CAP)}: no failover "
         f"within {int(CAP)} s (counted as {int(CAP)} s in the ratio); no fault injected: "
