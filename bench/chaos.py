@@ -57,7 +57,16 @@ FAST = {
     "heartbeat_interval": 0.5,
     "max_heartbeat_retry_count": 2,
 }
-FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+
+
+def find_libfaketime() -> Path | None:
+    """Debian's multi-threaded libfaketime, wherever the architecture puts it."""
+    found = [*Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1")]
+    found += [p for p in (Path("/usr/local/lib/faketime/libfaketimeMT.so.1"),) if p.exists()]
+    return found[0] if found else None
+
+
+FAKETIME_LIB = find_libfaketime()
 BEAT_PERIOD = 1.0
 
 
@@ -80,10 +89,8 @@ class Soak(FaultsMixin):
         self.base = time.time() - time.monotonic()  # the journal timeline of every process
         self.clock_files: dict[str, Path] = {}
         clocks = {"clock_worker", "clock_db"} & set(self.kinds)
-        if clocks and not FAKETIME_LIB.exists():
-            raise SystemExit(
-                f"clock faults need libfaketime ({FAKETIME_LIB}): apt install faketime"
-            )
+        if clocks and FAKETIME_LIB is None:
+            raise SystemExit("clock faults need libfaketime: apt install faketime")
         self.pg = self.redis = None
         if args.db == "postgresql":
             self.pg = PgServer(env=self.faketime_env("db") if "clock_db" in clocks else None)
