@@ -353,7 +353,7 @@ class Soak(FaultsMixin):
             for app in self.layout.apps
             if app.beat_workers
         }
-        bad, allowed = rep.error_lines(
+        bad, allowed, tracebacks = rep.error_lines(
             w.log_text() for c in self.clusters.values() for w in c.workers
         )
         return {
@@ -377,6 +377,7 @@ class Soak(FaultsMixin):
             "lost_control_commands": self.lost_control_commands(),
             "error_lines": bad,
             "allowed_errors": allowed,
+            "tracebacks": tracebacks,
             "recovery_failures": self.recovery_failures,
             "unrecovered": unrecovered,
             "worker_crashes": crashes,

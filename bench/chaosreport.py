@@ -204,12 +204,39 @@ def beat_slots(
     }
 
 
-def error_lines(logs: Iterable[str]) -> tuple[list[str], dict[str, int]]:
-    """(ERROR/CRITICAL lines not allowed, allowed ones counted by reason)."""
+RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Empty)\b")
+
+
+def _message(line: str) -> str:
+    return line.split("] ", 1)[-1] if line.startswith("[") else line
+
+
+def _raised(before: list[str], after: list[str]) -> str:
+    """``thread: Exception`` for a traceback (Celery logs stderr in fragments)."""
+    thread = ""
+    for i, line in enumerate(before):
+        if "Exception in thread" in line and i + 1 < len(before):
+            thread = _message(before[i + 1]).strip() + ": "
+    for line in after[:3000]:
+        if RAISED.match(_message(line)):
+            return (thread + _message(line))[:200]
+    return thread + "(exception line not found)"
+
+
+def error_lines(logs: Iterable[str]) -> tuple[list[str], dict[str, int], list[str]]:
+    """(ERROR/CRITICAL lines not allowed, allowed ones counted by reason, tracebacks).
+
+    A thread that dies prints its traceback to stderr, which Celery logs at
+    WARNING: each traceback is reported by the exception it ends with.
+    """
     bad: list[str] = []
     allowed: Counter[str] = Counter()
+    tracebacks: list[str] = []
     for text in logs:
-        for line in text.splitlines():
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if "Traceback (most recent call last)" in line:
+                tracebacks.append(_raised(lines[max(0, i - 3) : i], lines[i + 1 :]))
             if "ERROR/" not in line and "CRITICAL/" not in line:
                 continue
             reason = next((r for p, r in ALLOWED_ERRORS.items() if re.search(p, line)), None)
@@ -217,7 +244,7 @@ def error_lines(logs: Iterable[str]) -> tuple[list[str], dict[str, int]]:
                 bad.append(line.split("] ", 1)[-1][:200])
             else:
                 allowed[reason] += 1
-    return bad, dict(allowed)
+    return bad, dict(allowed), tracebacks
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -251,11 +278,14 @@ def print_report(r: dict[str, Any]) -> None:
         ("locks without a master at the end", ", ".join(r["unrecovered"]) or 0),
         ("worker crashes (exits nobody caused)", len(r["worker_crashes"])),
         ("ERROR/CRITICAL lines not allowed", len(r["error_lines"])),
+        ("tracebacks in worker logs", len(r["tracebacks"])),
     ]
     for label, value in rows:
         print(f"{label:<48}{value}")
     for line in r["error_lines"][:8]:
         print(f"    {line}")
+    for line in sorted(set(r["tracebacks"]))[:4]:
+        print(f"    traceback after: {line}")
     for reason, n in r["allowed_errors"].items():
         print(f"    allowed: {n} x {reason}")
     late = r["late_broadcasts"]

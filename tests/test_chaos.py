@@ -4,9 +4,9 @@ Safety: never two masters, never a stale fenced write (judged in commit order).
 Availability: every lock has a master in every 1 s bin outside the failover
 windows of the faults (a bin is lost only when a lock is masterless for most of
 a second with no fault to explain it). Quiet: no ERROR/CRITICAL line in any
-worker log beyond bench/chaosreport.py's allow-list. Recovered: every recovery
-action worked and every lock has a master once the faults stop, so a run whose
-database never comes back fails.
+worker log beyond bench/chaosreport.py's allow-list, and no traceback.
+Recovered: every recovery action worked and every lock has a master once the
+faults stop, so a run whose database never comes back fails.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def assert_healthy(report) -> None:
     assert report["worker_crashes"] == []
     assert report["lost_control_commands"] == 0
     assert report["error_lines"] == [], "ERROR lines a fault does not explain"
+    assert report["tracebacks"] == [], "a thread died (its traceback is logged at WARNING)"
     for lock, a in report["availability"].items():
         assert a["bins"] >= 10, f"{lock}: too few bins outside fault windows to judge"
         missed = round((1 - a["share"]) * a["bins"])
