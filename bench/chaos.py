@@ -362,6 +362,8 @@ class Soak(FaultsMixin):
             "duration": round(finished - began, 1),
             "workers": sum(len(a.workers) for a in self.layout.apps),
             "locks": len(self.locks()),
+            "ttl": self.ttl,
+            "check_interval": self.check,
             "db": self.args.db,
             "broker": self.args.broker,
             "faults": dict(Counter(k for k, _, _ in self.faults)),

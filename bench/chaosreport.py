@@ -149,7 +149,8 @@ def availability(
 ) -> dict[str, Any]:
     """Share of 1 s bins with a master tick, bins touching a window left out.
 
-    ``missing_at``: seconds after ``began`` of the first counted bins with no master.
+    ``missing_at``: seconds after ``began`` of the first counted bins with no master;
+    ``longest_gap``: the longest time between two master ticks outside every window.
     """
     bins = {int(t["at"]) for t in ticks if t["is_master"]}
     counted = [
@@ -158,10 +159,19 @@ def availability(
         if not any(a < b + 1 and b < z for a, z in excluded)
     ]
     missing = [b for b in counted if b not in bins]
+    at = sorted(t["at"] for t in ticks if t["is_master"] and began <= t["at"] <= finished)
+    gaps = [
+        (b - a, a)
+        for a, b in zip(at, at[1:], strict=False)
+        if not any(w0 < b and a < w1 for w0, w1 in excluded)
+    ]
+    longest = max(gaps, default=(0.0, began))
     return {
         "share": round(1 - len(missing) / max(1, len(counted)), 4),
         "bins": len(counted),
         "missing_at": [round(b - began, 1) for b in missing[:8]],
+        "longest_gap": round(longest[0], 2),  # between master ticks, outside every window
+        "longest_gap_at": round(longest[1] - began, 1),
     }
 
 
@@ -294,9 +304,12 @@ def print_report(r: dict[str, Any]) -> None:
             f"{'late broadcasts (clean / n)':<48}{late['clean']} / {late['n']}: "
             f"{late['extra_handovers']} extra hand-overs, {late['undone_enables']} enables undone"
         )
-    print(f"{'lock':<16}{'availability':>13}{'bins':>6}  no master at (s)")
+    print(f"{'lock':<16}{'availability':>13}{'bins':>6}{'longest gap':>12}  no master at (s)")
     for lock, a in r["availability"].items():
-        print(f"{lock:<16}{a['share']:>13.4f}{a['bins']:>6}  {a['missing_at'] or ''}")
+        print(
+            f"{lock:<16}{a['share']:>13.4f}{a['bins']:>6}{a['longest_gap']:>12.2f}"
+            f"  {a['missing_at'] or ''}"
+        )
     if r["beat"]:
         print(f"{'beat of app':<16}{'sends':>6}{'slots':>6}{'dups':>6}{'lost':>6}{'left out':>9}")
         for app, b in r["beat"].items():

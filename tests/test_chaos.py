@@ -1,10 +1,10 @@
 """The short chaos soak (about a minute): safe, available, quiet, and recovered at the end.
 
 Safety: never two masters, never a stale fenced write (judged in commit order).
-Availability: every lock has a master in every 1 s bin outside the failover
-windows of the faults (a bin is lost only when a lock is masterless for most of
-a second with no fault to explain it). Quiet: no ERROR/CRITICAL line in any
-worker log beyond bench/chaosreport.py's allow-list, and no traceback.
+Availability: outside the failover windows of the faults, no lock is
+masterless longer than a spread move may take (grace + one check) plus a tick
+and a 1 s stall. Quiet: no ERROR/CRITICAL line in any worker log beyond
+bench/chaosreport.py's allow-list, and no traceback.
 Recovered: every recovery action worked and every lock has a master once the
 faults stop, so a run whose database never comes back fails.
 """
@@ -16,9 +16,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: bins a lock may miss outside fault windows: one spread move or control hand-over
-#: landing on a bin edge under a 1 s stall; more is a finding, not noise
-MISSED_BINS = 1
+TICK = 0.2  # the soak's journal job ticks this often
+STALL = 1.0  # room for one scheduling stall of a loaded machine
+
+
+def longest_allowed_gap(report) -> float:
+    """A spread move may leave a lock masterless for the grace (2 x check interval) plus
+    one check before any candidate takes it (DESIGN.md): that, a tick and a stall."""
+    check = report["check_interval"]
+    return 2 * check + check + TICK + STALL
 
 
 def load_chaos():
@@ -39,10 +45,13 @@ def assert_healthy(report) -> None:
     assert report["lost_control_commands"] == 0
     assert report["error_lines"] == [], "ERROR lines a fault does not explain"
     assert report["tracebacks"] == [], "a thread died (its traceback is logged at WARNING)"
+    bound = longest_allowed_gap(report)
     for lock, a in report["availability"].items():
         assert a["bins"] >= 10, f"{lock}: too few bins outside fault windows to judge"
-        missed = round((1 - a["share"]) * a["bins"])
-        assert missed <= MISSED_BINS, f"{lock} had no master at {a['missing_at']} s"
+        assert a["longest_gap"] <= bound, (
+            f"{lock} had no master for {a['longest_gap']} s at {a['longest_gap_at']} s "
+            f"(bins without a master at {a['missing_at']} s), outside every fault window"
+        )
 
 
 def test_short_soak_is_safe_available_and_recovers():
