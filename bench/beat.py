@@ -16,7 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.beatlib import draw, duplicates, fmt_gaps, run_system  # noqa: E402
+from bench.beatlib import (  # noqa: E402
+    draw,
+    duplicates,
+    fmt_gaps,
+    not_injected_note,
+    run_system,
+)
 from bench.peers import ours  # noqa: E402
 from tests.support.servers import PgServer, RedisServer  # noqa: E402
 
@@ -50,9 +56,10 @@ def main() -> None:
         "\nHA beat gap after a fault, seconds (gap = first send after - last send before - "
         "1 s period)"
     )
-    print(f"{'scenario':<10}{'median':>7} {'min':>7} {'max':>7}  {'n':>3}")
-    for kind, values in gaps.items():
-        print(f"{kind:<10}{fmt_gaps(values)}  {len(values):>3}")
+    print(f"{'scenario':<10}{'n':>3} {'median':>7} {'min':>7} {'max':>7}")
+    for kind in gaps.scenarios():
+        note = not_injected_note(gaps.not_injected.get(kind, 0))
+        print(f"{kind:<10}{fmt_gaps(gaps.values.get(kind, []))}{note}")
     print(f"duplicate sends (two sends < 0.5 s apart) over the whole run: {dups}")
     if args.png:
         print(f"timeline written to {args.png}")

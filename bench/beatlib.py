@@ -95,26 +95,37 @@ def wait_sends(system: System, n: int, after: float, timeout: float) -> list[dic
     return None
 
 
-def inject(system: System, kind: str, outage: Callable[[], None] | None = None) -> float | None:
-    """One fault on the current sender; returns the gap (None: no send within CAP)."""
-    wait_sends(system, 2, time.time(), 30)
-    last = system.sends()[-1]
-    index = system.instance_of(last["pid"])
+def inject(
+    system: System, kind: str, outage: Callable[[], None] | None = None
+) -> tuple[bool, float | None]:
+    """One fault on the current sender: (injected, gap; None when no send came within CAP).
+
+    No fault is injected when no live instance is sending (e.g. a peer whose dead
+    instance's lock outlives the run): counting that as a failover would measure
+    nothing, so the caller reports it as "no fault injected".
+    """
+    if kind in ("crash", "graceful"):
+        recent = wait_sends(system, 2, time.time(), CAP)
+        index = system.instance_of(recent[-1]["pid"]) if recent else None
+        if index is None:
+            return False, None
     at = time.time()
-    if kind == "crash" and index is not None:
+    if kind == "crash":
         proc = system.procs[index]
         assert proc is not None
         os.killpg(proc.pid, signal.SIGKILL)
-    elif kind == "graceful" and index is not None:
+    elif kind == "graceful":
         proc = system.procs[index]
         assert proc is not None
         proc.send_signal(signal.SIGTERM)
     elif kind == "outage" and outage is not None:
         outage()
+    else:
+        return False, None
     system.faults.append((kind, at))
     before = [e["t"] for e in system.sends() if e["t"] <= at]
     after = wait_sends(system, 1, at, CAP)
-    if kind in ("crash", "graceful") and index is not None:
+    if kind in ("crash", "graceful"):
         proc = system.procs[index]
         assert proc is not None
         try:
@@ -123,8 +134,8 @@ def inject(system: System, kind: str, outage: Callable[[], None] | None = None) 
             os.killpg(proc.pid, signal.SIGKILL)
         system.start(index)
     if after is None or not before:
-        return None
-    return max(0.0, after[0]["t"] - before[-1] - PERIOD)
+        return True, None
+    return True, max(0.0, after[0]["t"] - before[-1] - PERIOD)
 
 
 def duplicates(system: System) -> int:
@@ -132,10 +143,21 @@ def duplicates(system: System) -> int:
     return sum(1 for a, b in zip(sends, sends[1:], strict=False) if b["t"] - a["t"] < PERIOD / 2)
 
 
+@dataclass
+class Gaps:
+    """Per scenario: the gap of every injected fault, and how many found nothing to hit."""
+
+    values: dict[str, list[float | None]] = field(default_factory=dict)
+    not_injected: dict[str, int] = field(default_factory=dict)
+
+    def scenarios(self) -> list[str]:
+        return list(dict.fromkeys([*self.values, *self.not_injected]))
+
+
 def run_system(
     system: System, scenarios: list[str], repeats: int, outage: Callable[[], None] | None = None
-) -> dict[str, list[float | None]]:
-    gaps: dict[str, list[float | None]] = {}
+) -> Gaps:
+    gaps = Gaps()
     try:
         for i in range(3):
             system.start(i)
@@ -143,7 +165,11 @@ def run_system(
             raise RuntimeError(f"{system.name}: no beat sends; see {system.logs[0]}")
         for kind in scenarios:
             for _ in range(repeats):
-                gaps.setdefault(kind, []).append(inject(system, kind, outage))
+                injected, gap = inject(system, kind, outage)
+                if injected:
+                    gaps.values.setdefault(kind, []).append(gap)
+                else:
+                    gaps.not_injected[kind] = gaps.not_injected.get(kind, 0) + 1
                 wait_sends(system, 3, time.time(), CAP)
     finally:
         system.stop_all()
@@ -151,17 +177,26 @@ def run_system(
 
 
 def fmt_gaps(values: list[float | None]) -> str:
+    """``n median min max`` of the injected faults (``-`` when none was injected)."""
     done = [v for v in values if v is not None]
     missed = len(values) - len(done)
     if not done:
-        return f"{'>' + str(int(CAP)):>7} {'-':>7} {'-':>7}"
+        over = f"{'>' + str(int(CAP)):>7}" if values else f"{'-':>7}"
+        return f"{len(values):>3} {over} {'-':>7} {'-':>7}"
+    med_s = f"{statistics.median(done):7.2f}" if not missed else f"{'>' + str(int(CAP)):>7}"
     tail = f" ({missed} >{int(CAP)}s)" if missed else ""
-    med = statistics.median(done) if not missed else float("inf")
-    med_s = f"{med:7.2f}" if missed == 0 else f"{'>' + str(int(CAP)):>7}"
-    return f"{med_s} {min(done):7.2f} {max(done):7.2f}{tail}"
+    return f"{len(values):>3} {med_s} {min(done):7.2f} {max(done):7.2f}{tail}"
 
 
-def median_or_cap(values: list[float | None]) -> float:
+def not_injected_note(count: int) -> str:
+    """Said beside a row whose faults found no live sender to hit."""
+    return f"  no fault injected x{count}" if count else ""
+
+
+def median_or_cap(values: list[float | None]) -> float | None:
+    """Median with a missed failover counted as CAP; None when no fault was injected."""
+    if not values:
+        return None
     return statistics.median([CAP if v is None else v for v in values])
 
 

@@ -1,28 +1,37 @@
 """Chaos soak: real workers under random faults from a seeded schedule: `python bench/chaos.py`.
 
-Faults: kill -9, SIGTERM, SIGSTOP past the lease then SIGCONT, a worker
-restarted under the same node name, PostgreSQL stopped, its connections
-killed (pg_terminate_backend), the lease table locked for longer than the
-lease (a slow database), the Redis broker stopped, and storms of
-disable/enable/release. Every master job journals its start, stop and a tick
-every 0.2 s (with is_master()), and makes a fenced write each tick.
+Faults (bench/chaosfaults.py): kill -9, SIGTERM, SIGSTOP past the lease then
+SIGCONT, a worker restarted under the same node name, PostgreSQL stopped,
+restarted in about a second (a blip), its connections killed, the lease table
+locked for longer than the lease (a slow database), the Redis broker stopped,
+storms of disable/enable/release, a bare broadcast delivered late to a paused
+standby, and wall-clock steps of +-1 h (libfaketime) on a worker and on the
+PostgreSQL server. ``--faults`` picks them (``classic``, ``new``, ``all`` or
+names). Every master job journals its start, stop and a tick every 0.2 s (with
+is_master()), and makes a fenced write each tick.
 
-It prints faults by kind; overlaps (a tick claiming mastership after a newer
-epoch of the same lock had started); fenced writes accepted from a stale
-epoch; availability per lock (share of 1 s bins with a master, outside each
-fault's allowed failover window); failover percentiles per fault kind; lost
-control commands (a master still running 2 ttl after a disable); ERROR lines
-in the worker logs; worker crashes. `--seed` makes the schedule reproducible.
+``--hetero``: two apps on one PostgreSQL, HA beat on a subset of each app's
+workers, unequal weights, a lock that runs on one worker only, and a ``prefer``
+glob matching a node that does not run that lock. ``--beat``: HA beat on every
+worker of the homogeneous cluster.
+
+It prints (bench/chaosreport.py) faults by kind; overlaps; fenced writes
+accepted from a stale epoch (commit order); availability of every lock (share
+of 1 s bins with a master, outside each fault's failover window); beat sends
+per slot (duplicates, lost slots outside failover windows); late broadcasts
+(hand-overs per release, enables undone); failover percentiles; ERROR lines
+(an allow-list names the expected ones); recovery failures; locks left without
+a master at the end; worker crashes. `--seed` makes the schedule reproducible.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
 
+from bench import chaosreport as rep  # noqa: E402
+from bench.chaosfaults import CLASSIC, KINDS, NEW, FaultsMixin  # noqa: E402
+from bench.chaoslayout import Layout, layout_for  # noqa: E402
 from tests.support.cluster import Cluster, wait_for  # noqa: E402
 from tests.support.servers import PgServer, RedisServer  # noqa: E402
 
@@ -45,337 +57,375 @@ FAST = {
     "heartbeat_interval": 0.5,
     "max_heartbeat_retry_count": 2,
 }
-PROCESS = ["kill9", "sigterm", "sigstop", "restart"]
-DATABASE = ["db_stop", "db_kill_conns", "db_slow"]
-ALL = [*PROCESS, *DATABASE, "broker_stop", "control_storm"]
 
 
-class Soak:
+def find_libfaketime() -> Path | None:
+    """Debian's multi-threaded libfaketime, wherever the architecture puts it."""
+    found = [*Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1")]
+    found += [p for p in (Path("/usr/local/lib/faketime/libfaketimeMT.so.1"),) if p.exists()]
+    return found[0] if found else None
+
+
+FAKETIME_LIB = find_libfaketime()
+BEAT_PERIOD = 1.0
+
+
+def parse_faults(text: str) -> list[str]:
+    groups = {"classic": CLASSIC, "new": NEW, "all": KINDS}
+    kinds: list[str] = []
+    for word in text.split(","):
+        for kind in groups.get(word, [word]):
+            if kind not in KINDS:
+                raise SystemExit(f"unknown fault {kind!r}: use {', '.join(KINDS)}")
+            kinds.append(kind)
+    return kinds
+
+
+class Soak(FaultsMixin):
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
-        self.args = args
+        self.args, self.tmp = args, tmp
         self.rng = random.Random(args.seed)
-        self.pg = PgServer() if args.db == "postgresql" else None
-        self.redis = RedisServer() if args.broker == "redis" else None
-        url = self.pg.url() if self.pg else f"sqlite:///{tmp / 'leases.sqlite3'}"
-        self.locks = [f"CHAOS-{i}" for i in range(args.locks)]
+        self.kinds = parse_faults(args.faults)
+        self.base = time.time() - time.monotonic()  # the journal timeline of every process
+        self.clock_files: dict[str, Path] = {}
+        clocks = {"clock_worker", "clock_db"} & set(self.kinds)
+        if clocks and FAKETIME_LIB is None:
+            raise SystemExit("clock faults need libfaketime: apt install faketime")
+        self.pg = self.redis = None
+        if args.db == "postgresql":
+            self.pg = PgServer(env=self.faketime_env("db") if "clock_db" in clocks else None)
+        if args.broker == "redis":
+            self.redis = RedisServer()
+        self.url = self.pg.url() if self.pg else f"sqlite:///{tmp / 'leases.sqlite3'}"
+        self.layout: Layout = layout_for(args)
         timing = FAST if args.fast else {}
-        self.cluster = Cluster.create(
-            tmp,
-            url,
-            broker_url=self.redis.url if self.redis else None,
-            locks=",".join(self.locks),
-            **timing,
-        )
-        self.cluster.env.update(JOURNAL_FENCED="1", JOURNAL_TICK="0.2")
-        self.ttl = self.cluster.ttl
-        self.check = self.cluster.setting("check_interval", 1.0)
-        self.url = url
-        self.faults: list[tuple[str, float, float]] = []  # kind, at, allowed window
+        self.clusters: dict[str, Cluster] = {}
+        for app in self.layout.apps:
+            sub = tmp / app.name
+            sub.mkdir(parents=True, exist_ok=True)
+            cluster = Cluster.create(
+                sub,
+                self.url,
+                broker_url=self.redis.url_for(1 + len(self.clusters)) if self.redis else None,
+                locks=",".join(app.locks),
+                env={**app.env, "JOURNAL_CLOCK_BASE": repr(self.base)},
+                **timing,
+            )
+            cluster.env.update(JOURNAL_FENCED="1", JOURNAL_TICK="0.2", JOURNAL_FENCE_HOLD="0.1")
+            self.clusters[app.name] = cluster
+        first = next(iter(self.clusters.values()))
+        self.ttl, self.check = first.ttl, first.setting("check_interval", 1.0)
+        self.faults: list[tuple[str, float, float]] = []
         self.failovers: dict[str, list[float]] = defaultdict(list)
         self.pending: list[tuple[float, Any]] = []
         self.killed: dict[int, float] = {}
         self.signalled: set[int] = set()
+        self.paused: set[int] = set()
         self.disabled: dict[str, float] = {}
         self.control_windows: list[tuple[str, float, float]] = []
-        self.kinds = [
-            k for k in ALL if (k not in DATABASE or self.pg) and (k != "broker_stop" or self.redis)
-        ]
+        self.late: list[dict[str, Any]] = []
+        self.control_until = 0.0
+        self.recovery_failures: list[str] = []
+        self.quiet_until = 0.0  # a late broadcast is measured alone
+        self.db_down = False
+        self.beat_holders: list[tuple[float, int]] = []  # (instant, pid holding a beat lease)
+        self._beat_engine: sa.Engine | None = None
+        self._next_look = 0.0
+        self.worker_clock = self.faketime_env("worker") if "clock_worker" in clocks else {}
+        self.kinds = self.applicable(self.kinds)
 
-    # -- faults ---------------------------------------------------------------
-    def victim(self) -> tuple[str, int] | None:
-        lock = self.rng.choice(self.locks)
-        pid = self.cluster.master_pid(lock)
-        return (lock, pid) if pid else None
+    # -- plumbing used by the faults ----------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() + self.base
+
+    def faketime_env(self, where: str) -> dict[str, str]:
+        path = self.tmp / f"faketime-{where}"
+        path.write_text("+0\n")
+        path.chmod(0o644)
+        self.tmp.chmod(0o755)  # the PostgreSQL server's user reads it too
+        self.clock_files[where] = path
+        env = {
+            "LD_PRELOAD": str(FAKETIME_LIB),
+            "FAKETIME_TIMESTAMP_FILE": str(path),
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # monotonic clocks never step
+            "FAKETIME_NO_CACHE" if where == "worker" else "FAKETIME_CACHE_DURATION": "1",
+        }
+        if where == "worker":  # bench/faketime/sitecustomize.py: see why there
+            env["PYTHONPATH"] = f"{ROOT / 'bench' / 'faketime'}{os.pathsep}{ROOT}"
+        return env
 
     def later(self, delay: float, action: Any) -> None:
         self.pending.append((time.monotonic() + delay, action))
 
+    def locks(self) -> list[str]:
+        return [lock for app in self.layout.apps for lock in app.locks]
+
+    def victim_locks(self) -> list[str]:
+        return self.locks() + [f"beat:{a.name}" for a in self.layout.apps if a.beat_workers]
+
+    def cluster_of(self, lock: str) -> Cluster:
+        if lock.startswith("beat:"):
+            return self.clusters[lock[5:]]
+        return next(self.clusters[a.name] for a in self.layout.apps if lock in a.locks)
+
+    def master_pid(self, lock: str) -> int | None:
+        cluster = self.cluster_of(lock)
+        if not lock.startswith("beat:"):
+            return cluster.master_pid(lock)
+        live = {w.pid for w in cluster.workers if w.alive()}
+        recent = [e for e in cluster.journal.events("send") if e["t"] > self.now() - 3]
+        return recent[-1]["pid"] if recent and recent[-1]["pid"] in live else None
+
     def restart(self, worker: Any, delay: float) -> None:
-        """Start the same node name again once the old process has gone (never blocks:
-        a SIGCONT due meanwhile must still be sent)."""
+        """Start the same node name again once the old process has gone (never blocks)."""
+        cluster = next(c for c in self.clusters.values() if worker in c.workers)
 
         def again() -> None:
             if worker.alive():
                 self.later(0.2, again)
             else:
-                self.cluster.start_worker(worker.name)
+                cluster.start_worker(
+                    worker.name, wait_ready=False, env=worker.extra_env, args=worker.extra_args
+                )
 
         self.later(delay, again)
 
-    def inject(self, kind: str) -> None:
-        at = time.time()
-        allowed = self.ttl + self.check + 2
-        if kind in PROCESS:
-            found = self.victim()
-            if found is None:
-                return
-            lock, pid = found
-            worker = self.cluster.worker(pid)
-            self.signalled.add(pid)
-            if kind == "kill9":
-                os.kill(pid, signal.SIGKILL)
-                self.killed[pid] = at
-                self.restart(worker, self.rng.uniform(0.5, 2))
-            elif kind in ("sigterm", "restart"):
-                os.kill(pid, signal.SIGTERM)
-                self.restart(worker, 0.1 if kind == "restart" else self.rng.uniform(0.5, 2))
-            else:
-                os.kill(pid, signal.SIGSTOP)
-                pause = self.ttl + self.rng.uniform(0.5, 2)
-                self.later(pause, lambda: os.kill(pid, signal.SIGCONT))
-                allowed += pause
-            self.track_failover(kind, lock, pid, at)
-        elif kind == "db_stop":
-            assert self.pg is not None
-            down = self.rng.uniform(1, 2 * self.ttl)
-            self.pg.stop()
-            self.later(down, self.pg.start)
-            allowed += down
-        elif kind == "db_kill_conns":
-            self.admin(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'celery-master' AND pid <> pg_backend_pid()"
-            )
-        elif kind == "db_slow":
-            hold = self.ttl + 1
-            self.hold_lock(hold)
-            allowed += hold
-        elif kind == "broker_stop":
-            assert self.redis is not None
-            self.redis.proc.send_signal(signal.SIGSTOP)
-            down = self.rng.uniform(1, 3)
-            self.later(down, lambda: self.redis.proc.send_signal(signal.SIGCONT))
-        elif kind == "control_storm":
-            self.storm()
-            allowed = 0
-        self.faults.append((kind, at, allowed))
-
     def track_failover(self, kind: str, lock: str, pid: int, at: float) -> None:
+        if lock.startswith("beat:"):
+            return
+
         def measure() -> None:
             starts = [
-                s["t"] for s in self.cluster.journal.starts(lock) if s["t"] > at and s["pid"] != pid
+                s["t"]
+                for s in self.cluster_of(lock).journal.starts(lock)
+                if s["t"] > at and s["pid"] != pid
             ]
             if starts:
                 self.failovers[kind].append(min(starts) - at)
 
         self.later(self.ttl * 3 + self.check + 5, measure)
 
-    def admin(self, sql: str) -> None:
-        engine = sa.create_engine(self.url, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text(sql))
-        except sa.exc.SQLAlchemyError:
-            pass  # the database may be down right now: that fault overlaps another
-        engine.dispose()
+    # -- the run ------------------------------------------------------------------
+    def boot(self) -> None:
+        if self.pg is not None:
+            rep.install_commit_order(self.url)
+        for app in self.layout.apps:
+            for spec in app.workers:
+                env = dict(spec.env)
+                if spec.faketime:
+                    env.update(self.worker_clock)
+                self.clusters[app.name].start_worker(spec.name, env=env, args=spec.args)
+        wait_for(lambda: all(self.master_pid(n) for n in self.locks()), 90, "masters")
 
-    def hold_lock(self, seconds: float) -> None:
-        """A slow database: the lease table locked by someone else for longer than the lease."""
-        script = (
-            "import sqlalchemy as sa, sys, time\n"
-            "e = sa.create_engine(sys.argv[1])\n"
-            "with e.begin() as c:\n"
-            "    c.execute(sa.text('LOCK TABLE celery_master_lease IN ACCESS EXCLUSIVE MODE'))\n"
-            "    time.sleep(float(sys.argv[2]))\n"
-        )
-        subprocess.Popen(
-            [sys.executable, "-c", script, self.url, str(seconds)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    def run_pending(self, due: float) -> None:
+        for item in [p for p in self.pending if p[0] <= due]:
+            self.pending.remove(item)
+            try:
+                item[1]()
+            except Exception as exc:  # counted and reported: a soak that cannot recover fails
+                self.recovery_failures.append(repr(exc)[:200])
+                print(f"recovery failed: {exc!r}", flush=True)
 
-    def storm(self) -> None:
-        for _ in range(self.rng.randint(3, 6)):
-            lock = self.rng.choice(self.locks)
-            action = self.rng.choice(["disable", "enable", "release"])
-            words = [action, lock] + (["--reason", "chaos"] if action == "disable" else [])
-            issued = time.time()  # a window ends when the enable is *issued*: it may apply early
-            result = self.cluster.celery("master", *words, timeout=60)
-            if action == "disable" and result.returncode == 0:
-                self.disabled.setdefault(lock, time.time())  # ... and starts once applied
-            elif action == "enable" and lock in self.disabled and result.returncode == 0:
-                self.control_windows.append((lock, self.disabled.pop(lock), issued))
-        self.later(self.rng.uniform(1, 3), self.enable_all)
-
-    def enable_all(self) -> None:
-        for lock in list(self.disabled):
-            issued = time.time()
-            if self.cluster.celery("master", "enable", lock, timeout=60).returncode == 0:
-                self.control_windows.append((lock, self.disabled.pop(lock), issued))
-        if self.disabled:  # the database was down: the operator tries again
-            self.later(1.0, self.enable_all)
-
-    # -- the run ----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         try:
-            self.cluster.start_workers(self.args.workers)
-            wait_for(lambda: all(self.cluster.master_pid(n) for n in self.locks), 60, "masters")
-            began = time.time()
+            self.boot()
+            began = self.now()
             end = time.monotonic() + self.args.duration
             next_fault = time.monotonic() + self.rng.uniform(1, self.args.every)
             while time.monotonic() < end or self.pending:
                 now = time.monotonic()
-                for item in [p for p in self.pending if p[0] <= now]:
-                    self.pending.remove(item)
-                    try:
-                        item[1]()
-                    except Exception as exc:  # a recovery racing another fault
-                        print(f"recovery failed: {exc!r}", flush=True)
-                if now >= next_fault and now < end:
+                self.run_pending(now)
+                self.observe_beat()
+                quiet = self.now() < self.quiet_until
+                if now >= next_fault and now < end and self.kinds and not quiet:
                     self.inject(self.rng.choice(self.kinds))
                     next_fault = now + self.rng.expovariate(1 / self.args.every)
                 time.sleep(0.05)
-            time.sleep(self.ttl * 2 + self.check)
-            finished = time.time()
+            for path in self.clock_files.values():
+                path.write_text("+0\n")
+            unrecovered = self.settle()
+            finished = self.now()
             crashes = [
                 w.name
-                for w in self.cluster.workers
+                for c in self.clusters.values()
+                for w in c.workers
                 if w.proc.poll() is not None and w.pid not in self.signalled
             ]
-            for w in self.cluster.workers:
-                if w.alive():
-                    w.proc.send_signal(signal.SIGTERM)
-            for w in self.cluster.workers:
-                try:
-                    w.proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    w.proc.kill()
-            return self.report(began, finished, crashes)
+            self.stop_workers()
+            return self.report(began, finished, crashes, unrecovered)
         finally:
-            self.cluster.close()
+            for cluster in self.clusters.values():
+                cluster.close()
+            if self._beat_engine is not None:
+                self._beat_engine.dispose()
             if self.pg:
                 self.pg.close()
             if self.redis:
                 self.redis.close()
 
-    def report(self, began: float, finished: float, crashes: list[str]) -> dict[str, Any]:
-        journal = self.cluster.journal
-        overlaps = 0
-        for lock in self.locks:
-            starts = {s["epoch"]: s["t"] for s in journal.starts(lock)}
-            for tick in journal.events("tick", lock):
-                newer = [t for ep, t in starts.items() if ep > tick["epoch"]]
-                if tick["is_master"] and newer and tick["at"] >= min(newer):
-                    overlaps += 1
-        stale = self.stale_fenced_writes()
-        availability = {}
-        for lock in self.locks:
-            bins = {int(t["at"]) for t in journal.events("tick", lock) if t["is_master"]}
-            excluded = set()
-            for _kind, at, allowed in self.faults:
-                excluded |= set(range(int(at), int(at + allowed) + 1))
-            for name, off, on in self.control_windows:
-                if name == lock:
-                    excluded |= set(range(int(off), int(on + self.ttl + self.check) + 2))
-            counted = [b for b in range(int(began) + 1, int(finished)) if b not in excluded]
-            availability[lock] = sum(b in bins for b in counted) / max(1, len(counted))
-        lost = 0
-        for lock, off, on in self.control_windows:
-            late = [
-                t
-                for t in journal.events("tick", lock)
-                if t["is_master"] and off + 2 * self.ttl < t["at"] < on
-            ]
-            lost += bool(late)
-        error_lines = [
-            line
-            for w in self.cluster.workers
-            for line in w.log_text().splitlines()
-            if "ERROR/" in line or "CRITICAL/" in line
-        ]
-        samples = sorted({line.split("] ", 1)[-1][:160] for line in error_lines})[:8]
+    def observe_beat(self) -> None:
+        """Who holds each beat lease, twice a second: beat accounting leaves out the terms
+        of a worker whose wall clock was stepped (its beat sends by that clock)."""
+        if self.now() < self._next_look or not any(a.beat_workers for a in self.layout.apps):
+            return
+        self._next_look = self.now() + 0.5
+        if self._beat_engine is None:
+            args = {"connect_timeout": 1} if self.pg else {"timeout": 0.5}
+            self._beat_engine = sa.create_engine(self.url, connect_args=args)
+        try:
+            with self._beat_engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT holder FROM celery_master_lease "
+                        "WHERE lock_name LIKE 'celery-beat%' AND holder IS NOT NULL"
+                    )
+                ).all()
+        except sa.exc.SQLAlchemyError:
+            return  # the database is down: a fault window covers this time anyway
+        for (holder,) in rows:
+            self.beat_holders.append((self.now(), int(holder.rsplit(":", 2)[1])))
+
+    def stepped_windows(self, stepped: set[int]) -> list[rep.Window]:
+        """While a stepped worker held a beat lease, and a failover window after."""
+        after = 0.5 + self.ttl + self.check + 2 + BEAT_PERIOD
+        return [(t - 0.5, t + after) for t, pid in self.beat_holders if pid in stepped]
+
+    def settle(self) -> list[str]:
+        """Locks (and beats) without a master once every fault has had its window."""
+        bound = 3 * self.ttl + self.check + 10
+        names = self.victim_locks()
+        with contextlib.suppress(AssertionError):  # what stays masterless is the finding
+            wait_for(lambda: all(self.master_pid(n) for n in names), bound, "recovery")
+        time.sleep(self.ttl)  # and they keep it: the accounting ends here
+        return [n for n in names if not self.master_pid(n)]
+
+    def stop_workers(self) -> None:
+        workers = [w for c in self.clusters.values() for w in c.workers]
+        for w in workers:
+            if w.alive():
+                w.proc.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+
+    # -- the report -----------------------------------------------------------------
+    def windows(self, lock: str | None = None) -> list[rep.Window]:
+        out = [(at, at + allowed) for _k, at, allowed in self.faults if allowed]
+        for name, off, on in self.control_windows:
+            if lock is None or name == lock:
+                out.append((off, on + self.ttl + self.check + 1))
+        for late in self.late:
+            if lock is None or late["lock"] == lock:
+                out.append((late["at"], late["resumed"] + 2 * self.ttl + self.check + 2))
+        return out
+
+    def report(
+        self, began: float, finished: float, crashes: list[str], unrecovered: list[str]
+    ) -> dict[str, Any]:
+        overlaps, availability = 0, {}
+        for lock in self.locks():
+            journal = self.cluster_of(lock).journal
+            ticks = journal.events("tick", lock)
+            overlaps += rep.overlaps(journal.starts(lock), ticks)
+            availability[lock] = rep.availability(ticks, began, finished, self.windows(lock))
+        try:
+            stale, fenced, judged = rep.stale_fenced_writes(self.url)
+        except sa.exc.OperationalError as exc:  # never came back: the report says so
+            stale, fenced, judged = -1, 0, f"not judged, database unreachable: {exc.orig}"
+        stepped = {
+            w.pid
+            for c in self.clusters.values()
+            for w in c.workers
+            if "FAKETIME_TIMESTAMP_FILE" in w.extra_env
+            and any(k == "clock_worker" for k, _, _ in self.faults)
+        }
+        beat = {
+            app.name: rep.beat_slots(
+                self.clusters[app.name].journal.events("send"),
+                BEAT_PERIOD,
+                began,
+                finished,
+                self.windows() + self.stepped_windows(stepped),
+                stepped,
+            )
+            for app in self.layout.apps
+            if app.beat_workers
+        }
+        bad, allowed, tracebacks = rep.error_lines(
+            w.log_text() for c in self.clusters.values() for w in c.workers
+        )
         return {
             "seed": self.args.seed,
+            "mode": self.layout.name,
             "duration": round(finished - began, 1),
-            "workers": self.args.workers,
-            "locks": len(self.locks),
+            "workers": sum(len(a.workers) for a in self.layout.apps),
+            "locks": len(self.locks()),
+            "ttl": self.ttl,
+            "check_interval": self.check,
             "db": self.args.db,
             "broker": self.args.broker,
             "faults": dict(Counter(k for k, _, _ in self.faults)),
+            "fault_log": [(k, round(at - began, 1), round(w, 1)) for k, at, w in self.faults],
             "overlaps": overlaps,
             "stale_fenced_writes_accepted": stale,
-            "fenced_writes": self.count_fenced(),
-            "availability": {k: round(v, 4) for k, v in availability.items()},
-            "failover": {k: self.percentiles(v) for k, v in self.failovers.items()},
-            "lost_control_commands": lost,
-            "error_lines": len(error_lines),
-            "error_samples": samples,
-            "control_windows": self.control_windows,
+            "fenced_writes": fenced,
+            "stale_judged_by": judged,
+            "availability": availability,
+            "beat": beat,
+            "late_broadcasts": self.late_outcomes(),
+            "failover": {k: rep.percentiles(v) for k, v in self.failovers.items()},
+            "lost_control_commands": self.lost_control_commands(),
+            "error_lines": bad,
+            "allowed_errors": allowed,
+            "tracebacks": tracebacks,
+            "recovery_failures": self.recovery_failures,
+            "unrecovered": unrecovered,
             "worker_crashes": crashes,
         }
 
-    def stale_fenced_writes(self) -> int:
-        engine = sa.create_engine(self.url)
-        with engine.connect() as conn:
-            acquired = conn.execute(
-                sa.text(
-                    "SELECT lock_name, epoch, at FROM celery_master_history "
-                    "WHERE event = 'acquired'"
+    def lost_control_commands(self) -> int:
+        lost = 0
+        for lock, off, on in self.control_windows:
+            ticks = self.cluster_of(lock).journal.events("tick", lock)
+            lost += any(t["is_master"] and off + 2 * self.ttl < t["at"] < on for t in ticks)
+        return lost
+
+    def late_outcomes(self) -> dict[str, Any]:
+        """Per late broadcast: hand-overs a release caused; enables a late disable undid."""
+        extra, undone, clean = 0, 0, 0
+        for late in self.late:
+            lock, end = late["lock"], late["resumed"] + 2 * self.ttl + self.check + 2
+            others = [
+                at
+                for k, at, _ in self.faults
+                if k != "late_broadcast" and late["at"] - self.ttl < at < end
+            ]
+            if others:
+                continue  # another fault moved this lock too: not a clean measurement
+            clean += 1
+            starts = [
+                s for s in self.cluster_of(lock).journal.starts(lock) if late["at"] < s["t"] < end
+            ]
+            if late["action"] == "release":
+                extra += max(0, len(starts) - 1)
+            else:
+                ticks = self.cluster_of(lock).journal.events("tick", lock)
+                undone += not any(
+                    t["is_master"] and late["resumed"] + self.ttl + self.check + 1 < t["at"] < end
+                    for t in ticks
                 )
-            ).all()
-            ticks = conn.execute(
-                sa.text("SELECT lock_name, epoch, at FROM journal_fenced_tick")
-            ).all()
-        engine.dispose()
-        took = defaultdict(dict)
-        for lock, epoch, at in acquired:
-            took[lock][epoch] = at
-        stale = 0
-        for lock, epoch, at in ticks:
-            newer = [t for e, t in took[lock].items() if e > epoch]
-            stale += bool(newer and at >= min(newer))
-        return stale
-
-    def count_fenced(self) -> int:
-        engine = sa.create_engine(self.url)
-        with engine.connect() as conn:
-            n = conn.execute(sa.text("SELECT count(*) FROM journal_fenced_tick")).scalar_one()
-        engine.dispose()
-        return int(n)
-
-    @staticmethod
-    def percentiles(values: list[float]) -> dict[str, float]:
-        values = sorted(values)
-        if not values:
-            return {}
-        p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
         return {
-            "n": len(values),
-            "p50": round(statistics.median(values), 2),
-            "p95": round(p95, 2),
-            "max": round(values[-1], 2),
+            "clean": clean,
+            "extra_handovers": extra,
+            "undone_enables": undone,
+            "n": len(self.late),
         }
 
 
-def print_report(r: dict[str, Any]) -> None:
-    print(
-        f"\nchaos soak: seed {r['seed']}, {r['duration']} s, {r['workers']} workers, "
-        f"{r['locks']} locks, {r['db']} leases, {r['broker']} broker"
-    )
-    print("faults injected: " + ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items())))
-    print(f"{'overlaps (two masters at once)':<44}{r['overlaps']}")
-    print(
-        f"{'stale fenced writes accepted':<44}{r['stale_fenced_writes_accepted']} "
-        f"(of {r['fenced_writes']} fenced writes)"
-    )
-    print(f"{'lost control commands':<44}{r['lost_control_commands']}")
-    print(f"{'ERROR/CRITICAL lines in worker logs':<44}{r['error_lines']}")
-    for sample in r["error_samples"]:
-        print(f"    {sample}")
-    print(f"{'worker crashes (exits nobody caused)':<44}{len(r['worker_crashes'])}")
-    avail = r["availability"].values()
-    print(
-        f"{'availability per lock (min / median)':<44}{min(avail):.4f} / "
-        f"{statistics.median(avail):.4f}"
-    )
-    print(f"{'failover after':<16}{'n':>4}{'p50':>8}{'p95':>8}{'max':>8}")
-    for kind, p in sorted(r["failover"].items()):
-        if p:
-            print(f"{kind:<16}{p['n']:>4}{p['p50']:>8.2f}{p['p95']:>8.2f}{p['max']:>8.2f}")
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--workers", type=int, default=3)
@@ -383,6 +433,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--every", type=float, default=4.0, help="mean seconds between faults")
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--broker", choices=["filesystem", "redis"], default="filesystem")
+    parser.add_argument("--faults", default="classic", help="classic, new, all, or kinds")
+    parser.add_argument("--hetero", action="store_true", help="two apps, unequal workers")
+    parser.add_argument("--beat", action="store_true", help="HA beat on every worker")
     parser.add_argument("--fast", action="store_true", help="ttl 1.5 s instead of the default 4 s")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", type=Path, help="keep journal and logs in this folder")
@@ -396,7 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(report))
     else:
-        print_report(report)
+        rep.print_report(report)
     return report
 
 

@@ -27,9 +27,10 @@ from bench.beatlib import (  # noqa: E402
     duplicates,
     fmt_gaps,
     median_or_cap,
+    not_injected_note,
     run_system,
 )
-from tests.support.cluster import worker_argv  # noqa: E402
+from tests.support.cluster import foreign_environ, worker_argv  # noqa: E402
 from tests.support.servers import PgServer, RedisServer  # noqa: E402
 
 VENV = ROOT / "bench" / ".venv-peers"
@@ -44,8 +45,16 @@ def peers_python() -> str:
     return str(py)
 
 
+def clean_environ() -> dict[str, str]:
+    """This shell's environment without Celery's, ours or the peers' settings."""
+    env = dict(os.environ)
+    for name in [*foreign_environ(env), *(k for k in env if k.startswith(("PEER_", "SINGLE_")))]:
+        del env[name]
+    return env
+
+
 def ours(tmp: Path, redis_url: str, db_url: str) -> System:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_MASTER_")}
+    env = clean_environ()
     journal = tmp / "ours.jsonl"
     env.update(
         PYTHONPATH=str(ROOT),
@@ -68,7 +77,7 @@ def peer(tmp: Path, name: str, redis_url: str, tuned: bool, redbeat: bool) -> Sy
     py = peers_python()
     journal = tmp / f"{name}.jsonl"
     env = {
-        **os.environ,
+        **clean_environ(),
         "PYTHONPATH": str(ROOT),
         "PEER_BROKER_URL": redis_url,
         "PEER_JOURNAL": str(journal),
@@ -107,11 +116,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="cm-peers-") as tmp_name:
             tmp = Path(tmp_name)
             systems = [
-                ours(tmp, redis.url.replace("/0", "/1"), pg.url()),
-                peer(tmp, "redbeat (defaults)", redis.url.replace("/0", "/2"), False, True),
-                peer(tmp, "redbeat (lock 4s)", redis.url.replace("/0", "/3"), True, True),
-                peer(tmp, "single-beat (defaults)", redis.url.replace("/0", "/4"), False, False),
-                peer(tmp, "single-beat (lock 4s)", redis.url.replace("/0", "/5"), True, False),
+                ours(tmp, redis.url_for(1), pg.url()),
+                peer(tmp, "redbeat (defaults)", redis.url_for(2), False, True),
+                peer(tmp, "redbeat (lock 4s)", redis.url_for(3), True, True),
+                peer(tmp, "single-beat (defaults)", redis.url_for(4), False, False),
+                peer(tmp, "single-beat (lock 4s)", redis.url_for(5), True, False),
             ]
             for system in systems:
                 print(f"running {system.name} ...", flush=True)
@@ -123,28 +132,31 @@ def main() -> None:
         pg.close()
     print(
         "\nbeat gap after a fault, seconds (gap = first send after - last send before - 1 s "
-        "period; 3 instances, 1 s schedule, local Redis)"
+        "period; 3 instances, 1 s schedule, local Redis; n = faults injected)"
     )
     print(
-        f"{'system':<24}{'scenario':<10}{'median':>7} {'min':>7} {'max':>7}  "
+        f"{'system':<24}{'scenario':<10}{'n':>3} {'median':>7} {'min':>7} {'max':>7}  "
         f"{'dups':>4}  {'ours/theirs':>11}"
     )
-    ours_median = {k: median_or_cap(v) for k, v in results[0][1].items()}
+    ours_median = {k: median_or_cap(v) for k, v in results[0][1].values.items()}
     for system, gaps in results:
-        for kind, values in gaps.items():
-            theirs = median_or_cap(values)
-            ratio = (
-                "-"
-                if system is results[0][0]
-                else (f"{ours_median[kind] / theirs:.2f}" if theirs else "inf")
-            )
+        for kind in gaps.scenarios():
+            values = gaps.values.get(kind, [])
+            theirs, mine = median_or_cap(values), ours_median.get(kind)
+            if system is results[0][0] or theirs is None or mine is None:
+                ratio = "-"
+            else:
+                ratio = f"{mine / theirs:.2f}" if theirs else "inf"
+            note = not_injected_note(gaps.not_injected.get(kind, 0))
             print(
                 f"{system.name:<24}{kind:<10}{fmt_gaps(values)}  {duplicates(system):>4}  "
-                f"{ratio:>11}"
+                f"{ratio:>11}{note}"
             )
     print(
         f"dups: pairs of sends < 0.5 s apart over the whole run; >{int(CAP)}: no failover "
-        f"within {int(CAP)} s (counted as {int(CAP)} s in the ratio)"
+        f"within {int(CAP)} s (counted as {int(CAP)} s in the ratio); no fault injected: "
+        "no live instance was sending when the fault was due (e.g. redbeat's defaults keep "
+        "a killed instance's lock for 1500 s), so there was nothing to kill"
     )
     if args.png:
         print(f"timeline written to {args.png}")

@@ -3,20 +3,34 @@
 Configured from the environment so each test can point it at its own broker,
 lease database and journal: JOURNAL_BROKER_URL, JOURNAL_FS_DIR (filesystem
 broker folder), CELERY_MASTER_DATABASE_URL, JOURNAL_FILE, JOURNAL_LOCKS.
+Heterogeneous clusters (the chaos soak): JOURNAL_APP_NAME (the app identity),
+JOURNAL_WEIGHTS and JOURNAL_PREFER (``LOCK:value,...`` register options),
+JOURNAL_BEAT_SLOTS=1 (beat sends on wall-clock slots of JOURNAL_BEAT_PERIOD,
+each send journaled with its slot), JOURNAL_FENCE_HOLD (seconds, at most, a
+fenced transaction stays open), JOURNAL_CLOCK_BASE (journal instants are
+CLOCK_MONOTONIC + this base, so a worker whose wall clock is stepped by
+libfaketime still journals on the one timeline of the host).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
+import threading
 import time
+from typing import Any
 
 import sqlalchemy as sa
-from celery import Celery, signals
+from celery import Celery, schedules, signals
 
 import celery_master
 
-app = Celery("journal_app")
+APP_NAME = os.environ.get("JOURNAL_APP_NAME", "journal_app")
+app = Celery(APP_NAME)
+if "JOURNAL_APP_NAME" in os.environ:
+    app.conf.master_app_name = APP_NAME
 _fs = os.environ.get("JOURNAL_FS_DIR")
 if _fs:
     for sub in ("in", "processed"):
@@ -38,12 +52,25 @@ app.conf.broker_connection_retry_on_startup = True
 
 JOURNAL = os.environ.get("JOURNAL_FILE", "journal.jsonl")
 TICK = float(os.environ.get("JOURNAL_TICK", "0.1"))
+_BASE = os.environ.get("JOURNAL_CLOCK_BASE")
+FENCE_HOLD = float(os.environ.get("JOURNAL_FENCE_HOLD", "0"))
+
+
+def now() -> float:
+    """The journal's clock: wall time, or the host's monotonic clock on a shared base."""
+    return time.monotonic() + float(_BASE) if _BASE else time.time()
+
+
+def _per_lock(variable: str) -> dict[str, str]:
+    """``LOCK:value,LOCK2:value`` from the environment."""
+    pairs = (item.split(":", 1) for item in os.environ.get(variable, "").split(",") if item)
+    return {lock: value for lock, value in pairs}
 
 
 def journal(event: str, ctx: celery_master.MasterContext, **extra: object) -> None:
     line = {
         "event": event,
-        "t": time.time(),
+        "t": now(),
         "pid": os.getpid(),
         "lock": ctx.lock_name,
         "epoch": ctx.epoch,
@@ -86,9 +113,11 @@ def fenced_tick(ctx: celery_master.MasterContext) -> None:
     try:
         with _engine.begin() as conn:
             ctx.fence(conn)
+            if FENCE_HOLD:  # a fenced transaction a takeover may have to wait for
+                time.sleep(random.uniform(0, FENCE_HOLD))
             conn.execute(
                 FENCED_TICKS.insert().values(
-                    lock_name=ctx.lock_name, epoch=ctx.epoch, holder=ctx.holder, at=time.time()
+                    lock_name=ctx.lock_name, epoch=ctx.epoch, holder=ctx.holder, at=now()
                 )
             )
     except celery_master.NotMaster:
@@ -100,7 +129,7 @@ def fenced_tick(ctx: celery_master.MasterContext) -> None:
 def start(ctx: celery_master.MasterContext) -> None:
     journal("start", ctx)
     while not ctx.stopping.wait(TICK):
-        t = time.time()  # read before the check: a True answer then proves t was in-term
+        t = now()  # read before the check: a True answer then proves t was in-term
         journal("tick", ctx, is_master=ctx.is_master(), at=t)
         if FENCED:
             fenced_tick(ctx)
@@ -110,14 +139,42 @@ def stop(ctx: celery_master.MasterContext) -> None:
     journal("stop", ctx, is_master=ctx.is_master())
 
 
+_weights, _prefer = _per_lock("JOURNAL_WEIGHTS"), _per_lock("JOURNAL_PREFER")
 for _name in filter(None, os.environ.get("JOURNAL_LOCKS", "JOB-SCHEDULER").split(",")):
-    celery_master.register(app, _name, start, stop)
+    _options: dict[str, Any] = {}
+    if _name in _weights:
+        _options["weight"] = int(_weights[_name])
+    if _name in _prefer:
+        _options["prefer"] = _prefer[_name]
+    celery_master.register(app, _name, start, stop, **_options)
 
 celery_master.install(app)  # --master-beat works even with JOURNAL_LOCKS empty
+_slot = threading.local()
+
+
+class SlotSchedule(schedules.schedule):
+    """Due once per wall-clock slot ``[n x period, (n + 1) x period)``: sends are countable.
+
+    Celery's interval schedule runs ``period`` after the last run, so its sends
+    drift and cannot be matched to slots; here each send is slot ``n``, and a
+    slot sent twice is a duplicate whatever the delay.
+    """
+
+    def is_due(self, last_run_at: Any) -> schedules.schedstate:
+        period = self.run_every.total_seconds()
+        wall = self.now().timestamp()
+        current = math.floor(wall / period)
+        if current > math.floor(self.maybe_make_aware(last_run_at).timestamp() / period):
+            _slot.value = current  # read by journal_send in this same (beat) thread
+            return schedules.schedstate(True, (current + 1) * period - wall)
+        return schedules.schedstate(False, (current + 1) * period - wall)
+
+
+_period = float(os.environ.get("JOURNAL_BEAT_PERIOD", "1.0"))
 app.conf.beat_schedule = {
     "beat-tick": {
         "task": "tests.apps.journal_app.beat_tick",
-        "schedule": float(os.environ.get("JOURNAL_BEAT_PERIOD", "1.0")),
+        "schedule": SlotSchedule(_period) if os.environ.get("JOURNAL_BEAT_SLOTS") else _period,
     },
 }
 
@@ -127,13 +184,16 @@ def journal_send(sender: str | None = None, headers: dict | None = None, **kwarg
     """Every beat send, as the sending process saw it: the duplicate/gap evidence."""
     if sender != "tests.apps.journal_app.beat_tick":
         return
+    headers = headers or {}
     line = {
         "event": "send",
-        "t": time.time(),
+        "t": now(),
         "pid": os.getpid(),
         "lock": "celery-beat",
-        "epoch": (headers or {}).get("celery_master_epoch"),
-        "id": (headers or {}).get("id"),
+        "app": APP_NAME,
+        "epoch": headers.get("celery_master_epoch"),
+        "slot": getattr(_slot, "value", None),
+        "id": headers.get("id"),
     }
     with open(JOURNAL, "a") as fh:
         fh.write(json.dumps(line) + "\n")
@@ -146,13 +206,15 @@ def journal_published(
     """A beat send the broker accepted (a "send" may be an attempt that failed)."""
     if sender != "tests.apps.journal_app.beat_tick":
         return
+    headers = headers or {}
     line = {
         "event": "published",
-        "t": time.time(),
+        "t": now(),
         "pid": os.getpid(),
         "lock": "celery-beat",
-        "epoch": (headers or {}).get("celery_master_epoch"),
-        "id": (headers or {}).get("id"),
+        "app": APP_NAME,
+        "epoch": headers.get("celery_master_epoch"),
+        "id": headers.get("id"),
     }
     with open(JOURNAL, "a") as fh:
         fh.write(json.dumps(line) + "\n")

@@ -80,6 +80,8 @@ class Worker:
     name: str
     proc: subprocess.Popen  # type: ignore[type-arg]
     log: Path
+    extra_env: dict[str, str] = field(default_factory=dict)  # kept for a restart
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -209,18 +211,26 @@ class Cluster:
         hb = self.setting("heartbeat_interval", 1.0)
         return hb * (self.setting("max_heartbeat_retry_count", 3) + 1)
 
-    def start_worker(self, name: str | None = None, wait_ready: bool = True) -> Worker:
+    def start_worker(
+        self,
+        name: str | None = None,
+        wait_ready: bool = True,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> Worker:
+        """``env``/``args``: this worker's own (its lock names, --master-beat, a faked clock)."""
         self.counter += 1
         name = name or f"w{self.counter}"
         log = self.dir / f"{name}-{self.counter}.log"
-        proc = subprocess.Popen(
-            [*worker_argv(name, self.pool), *self.extra_args],
-            cwd=self.dir,
-            env=self.env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        worker = Worker(name, proc, log)
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [*worker_argv(name, self.pool), *self.extra_args, *(args or [])],
+                cwd=self.dir,
+                env={**self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        worker = Worker(name, proc, log, dict(env or {}), list(args or []))
         self.workers.append(worker)
         if wait_ready:
             wait_for(
