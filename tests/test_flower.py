@@ -26,10 +26,8 @@ def get(url: str) -> str:
         return resp.read().decode()
 
 
-def test_flower_shows_the_master_field_and_survives_master_events(
-    make_cluster, pg_url, redis_server
-):
-    cluster = make_cluster(pg_url, broker_url=redis_server.url.replace("/0", "/9"), **TIMING)
+def test_flower_shows_the_master_field_and_survives_master_events(make_cluster, pg_url, redis_url):
+    cluster = make_cluster(pg_url, broker_url=redis_url, **TIMING)
     cluster.start_workers(2)
     master_pid = wait_for(cluster.master_pid, 15, "a master")
     port = free_port()
@@ -123,10 +121,10 @@ def test_flower_shows_the_master_field_and_survives_master_events(
         flower.wait(20)
 
 
-def test_role_changes_reach_event_consumers(make_cluster, pg_url, redis_server):
-    cluster = make_cluster(pg_url, broker_url=redis_server.url.replace("/0", "/10"), **TIMING)
+def test_role_changes_reach_event_consumers(make_cluster, pg_url, redis_url):
+    cluster = make_cluster(pg_url, broker_url=redis_url, **TIMING)
     seen: list[dict] = []
-    app = Celery(broker=redis_server.url.replace("/0", "/10"))
+    app = Celery(broker=redis_url)
     ready, done = threading.Event(), threading.Event()
 
     def listen() -> None:
