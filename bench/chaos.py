@@ -342,8 +342,8 @@ class Soak(FaultsMixin):
             and any(k == "clock_worker" for k, _, _ in self.faults)
         }
         beat = {
-            app.name: rep.beat_slots(
-                self.clusters[app.name].journal.events("send"),
+            app.name: rep.beat_slots(  # what the broker accepted: a retried publish is one send
+                self.clusters[app.name].journal.events("published"),
                 BEAT_PERIOD,
                 began,
                 finished,

@@ -62,3 +62,19 @@ def test_short_soak_is_safe_available_and_recovers():
     report = load_chaos().main(args)
     assert sum(report["faults"].values()) >= 5, report["faults"]
     assert_healthy(report)
+
+
+def test_heterogeneous_soak_keeps_every_lock_and_each_apps_beat():
+    """Two apps on one PostgreSQL, HA beat on a subset of each app's workers, unequal
+    weights, a lock only one worker runs, a `prefer` glob naming a node that does not run
+    its lock; every fault kind, late broadcasts among them. Same assertions, and each app's
+    beat sends every slot outside the fault windows, none twice."""
+    args = ["--hetero", "--duration", "50", "--fast", "--seed", "3", "--every", "3"]
+    report = load_chaos().main([*args, "--faults", "all"])
+    assert sum(report["faults"].values()) >= 5, report["faults"]
+    assert_healthy(report)
+    assert len(report["beat"]) == 2, "both apps run a beat"
+    for app, beat in report["beat"].items():
+        assert beat["sends"] > 10, f"{app}'s beat sent almost nothing"
+        assert beat["duplicates"] == 0, f"{app} sent a slot twice: {beat['duplicate_slots']}"
+        assert beat["lost"] == 0, f"{app} lost slots at {beat['lost_at']} s"

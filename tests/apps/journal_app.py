@@ -214,6 +214,7 @@ def journal_published(
         "lock": "celery-beat",
         "app": APP_NAME,
         "epoch": headers.get("celery_master_epoch"),
+        "slot": getattr(_slot, "value", None),
         "id": headers.get("id"),
     }
     with open(JOURNAL, "a") as fh:
