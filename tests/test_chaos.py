@@ -75,6 +75,7 @@ def test_heterogeneous_soak_keeps_every_lock_and_each_apps_beat():
     assert_healthy(report)
     assert len(report["beat"]) == 2, "both apps run a beat"
     for app, beat in report["beat"].items():
-        assert beat["sends"] > 10, f"{app}'s beat sent almost nothing"
+        sent = beat["sends"] + beat["left_out_sends"]  # a stepped clock's sends are left out
+        assert sent > 10, f"{app}'s beat sent almost nothing"
         assert beat["duplicates"] == 0, f"{app} sent a slot twice: {beat['duplicate_slots']}"
         assert beat["lost"] == 0, f"{app} lost slots at {beat['lost_at']} s"
