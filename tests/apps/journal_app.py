@@ -179,14 +179,10 @@ app.conf.beat_schedule = {
 }
 
 
-@signals.before_task_publish.connect
-def journal_send(sender: str | None = None, headers: dict | None = None, **kwargs: object) -> None:
-    """Every beat send, as the sending process saw it: the duplicate/gap evidence."""
-    if sender != "tests.apps.journal_app.beat_tick":
-        return
+def journal_beat(event: str, headers: dict | None) -> None:
     headers = headers or {}
     line = {
-        "event": "send",
+        "event": event,
         "t": now(),
         "pid": os.getpid(),
         "lock": "celery-beat",
@@ -197,6 +193,13 @@ def journal_send(sender: str | None = None, headers: dict | None = None, **kwarg
     }
     with open(JOURNAL, "a") as fh:
         fh.write(json.dumps(line) + "\n")
+
+
+@signals.before_task_publish.connect
+def journal_send(sender: str | None = None, headers: dict | None = None, **kwargs: object) -> None:
+    """Every beat send, as the sending process saw it: the duplicate/gap evidence."""
+    if sender == "tests.apps.journal_app.beat_tick":
+        journal_beat("send", headers)
 
 
 @signals.after_task_publish.connect
@@ -204,21 +207,8 @@ def journal_published(
     sender: str | None = None, headers: dict | None = None, **kwargs: object
 ) -> None:
     """A beat send the broker accepted (a "send" may be an attempt that failed)."""
-    if sender != "tests.apps.journal_app.beat_tick":
-        return
-    headers = headers or {}
-    line = {
-        "event": "published",
-        "t": now(),
-        "pid": os.getpid(),
-        "lock": "celery-beat",
-        "app": APP_NAME,
-        "epoch": headers.get("celery_master_epoch"),
-        "slot": getattr(_slot, "value", None),
-        "id": headers.get("id"),
-    }
-    with open(JOURNAL, "a") as fh:
-        fh.write(json.dumps(line) + "\n")
+    if sender == "tests.apps.journal_app.beat_tick":
+        journal_beat("published", headers)
 
 
 @app.task
