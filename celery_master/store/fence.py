@@ -1,4 +1,4 @@
-"""Errors in a fenced transaction that the server ended on purpose, told as what they are.
+"""The fence: a job's own write made conditional on its term, inside its own transaction.
 
 A fenced transaction left idle longer than one heartbeat interval is ended by
 the server (``idle_in_transaction_session_timeout``), so a paused master
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, and_, event, select, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import NotMaster
+from .engine import Dialect
+from .tables import LEASE
 
-__all__ = ["explain_fence_errors"]
+__all__ = ["explain_fence_errors", "fence_term"]
 
 KEY = "celery_master_fence"
 
@@ -53,3 +55,42 @@ def _explain(context: Any) -> None:
         f"a fenced transaction idle for {hold_ms} ms is ended by design, so that a paused "
         "master cannot hold the fence; keep fenced transactions short and busy",
     ) from error
+
+
+def fence_term(
+    conn: Connection,
+    dialect: Dialect,
+    lock_name: str,
+    epoch: int,
+    holder: str,
+    hold_ms: int,
+    busy_ms: int | None = None,
+) -> bool:
+    """True if (lock_name, epoch, holder) is current, held so until ``conn`` commits.
+
+    PostgreSQL: ``FOR KEY SHARE`` makes a takeover (which locks the row FOR
+    UPDATE) wait for the caller's transaction but never blocks the holder's
+    own renewal; the transaction is bounded: idle for ``hold_ms`` it is ended
+    by the server, each later statement by ``busy_ms``. SQLite has one
+    writer: a no-op UPDATE takes the write lock, which also holds the
+    holder's own renewal back, so fenced transactions there must be short.
+    A fence that cannot be confirmed raises NotMaster.
+    """
+    cond = and_(LEASE.c.lock_name == lock_name, LEASE.c.epoch == epoch, LEASE.c.holder == holder)
+    try:
+        if dialect is Dialect.POSTGRESQL:
+            explain_fence_errors(conn, lock_name, epoch, hold_ms)
+            conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {hold_ms:d}"))
+            conn.execute(text(f"SET LOCAL lock_timeout = {hold_ms:d}"))
+            row = conn.execute(
+                select(LEASE.c.epoch).where(cond).with_for_update(read=True, key_share=True)
+            ).first()
+            conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
+            conn.execute(text(f"SET LOCAL statement_timeout = {busy_ms or hold_ms:d}"))
+            return row is not None
+        upd = LEASE.update().where(cond).values(epoch=LEASE.c.epoch)
+        return conn.execute(upd).rowcount == 1
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        why = f"the fence could not be confirmed: {reason}"
+        raise NotMaster(lock_name, epoch, why) from exc

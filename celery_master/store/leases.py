@@ -29,12 +29,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
-from ..errors import ConfigurationError, NotMaster
+from ..errors import ConfigurationError
 from .engine import Dialect, dialect_of
-from .fence import explain_fence_errors
+from .fence import fence_term
 from .history import record
 from .members import beat_member, leave_member, read_members
 from .operator import OperatorStatements
@@ -324,34 +323,5 @@ class LeaseStore(OperatorStatements):
         hold_ms: int,
         busy_ms: int | None = None,
     ) -> bool:
-        """True if (lock_name, epoch, holder) is current, held so until ``conn`` commits.
-
-        PostgreSQL: ``FOR KEY SHARE`` makes a takeover (which locks the row FOR
-        UPDATE) wait for the caller's transaction but never blocks the holder's
-        own renewal; the transaction is bounded: idle for ``hold_ms`` it is ended
-        by the server, each later statement by ``busy_ms``. SQLite has one
-        writer: a no-op UPDATE takes the write lock, which also holds the
-        holder's own renewal back, so fenced transactions there must be short.
-        A fence that cannot be confirmed raises NotMaster.
-        """
-        cond = and_(
-            LEASE.c.lock_name == lock_name, LEASE.c.epoch == epoch, LEASE.c.holder == holder
-        )
-        try:
-            if self.dialect is Dialect.POSTGRESQL:
-                explain_fence_errors(conn, lock_name, epoch, hold_ms)
-                conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {hold_ms:d}"))
-                conn.execute(text(f"SET LOCAL lock_timeout = {hold_ms:d}"))
-                row = conn.execute(
-                    select(LEASE.c.epoch).where(cond).with_for_update(read=True, key_share=True)
-                ).first()
-                conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
-                conn.execute(text(f"SET LOCAL statement_timeout = {busy_ms or hold_ms:d}"))
-                return row is not None
-            upd = LEASE.update().where(cond).values(epoch=LEASE.c.epoch)
-            return conn.execute(upd).rowcount == 1
-        except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
-            raise NotMaster(
-                lock_name, epoch, f"the fence could not be confirmed: {reason}"
-            ) from exc
+        """True if (lock_name, epoch, holder) is current, held so until ``conn`` commits."""
+        return fence_term(conn, self.dialect, lock_name, epoch, holder, hold_ms, busy_ms)
