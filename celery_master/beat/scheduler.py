@@ -152,7 +152,8 @@ class MasterScheduler(Scheduler):
         task_id = str(uuid.uuid4())  # one id for every attempt: a consumer can drop a repeat
         while True:
             if not self.ctx.is_master():
-                logger.error(
+                # a fault ended the term (a failover): at most once per slot, never twice
+                logger.warning(
                     "beat of %r: slot of %r not sent, the term (epoch %d) ended before the "
                     "broker answered; the next master goes on from the next slot",
                     self.state.lock_name,
