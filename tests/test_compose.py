@@ -111,10 +111,11 @@ def compose_database(pg: PgServer) -> None:
 
 def localise(text: str, pg: PgServer, redis: RedisServer, flower_port: int) -> str:
     """Service host names to loopback and the suite's ports (a container's network, here)."""
+    # Flower's port first: a random port of the suite's servers may itself contain "5555"
+    text = text.replace("5555", str(flower_port))
     text = text.replace("@postgres:5432/", f"@127.0.0.1:{pg.port}/")
     text = re.sub(r"redis://redis:6379/\d+", f"redis://127.0.0.1:{redis.port}/{REDIS_DB}", text)
-    text = text.replace("--address=0.0.0.0", "--address=127.0.0.1")
-    return text.replace("5555", str(flower_port))
+    return text.replace("--address=0.0.0.0", "--address=127.0.0.1")
 
 
 def get(url: str, auth: str | None = None) -> tuple[int, str]:
