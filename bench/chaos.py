@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 
 from bench import chaosreport as rep  # noqa: E402
+from bench.chaosaccount import AccountingMixin  # noqa: E402
 from bench.chaosfaults import CLASSIC, KINDS, NEW, FaultsMixin  # noqa: E402
 from bench.chaoslayout import Layout, layout_for  # noqa: E402
 from tests.support.cluster import Cluster, wait_for  # noqa: E402
@@ -67,7 +68,6 @@ def find_libfaketime() -> Path | None:
 
 
 FAKETIME_LIB = find_libfaketime()
-BEAT_PERIOD = 1.0
 
 
 def parse_faults(text: str) -> list[str]:
@@ -81,7 +81,7 @@ def parse_faults(text: str) -> list[str]:
     return kinds
 
 
-class Soak(FaultsMixin):
+class Soak(FaultsMixin, AccountingMixin):
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
         self.rng = random.Random(args.seed)
@@ -285,11 +285,6 @@ class Soak(FaultsMixin):
         for (holder,) in rows:
             self.beat_holders.append((self.now(), int(holder.rsplit(":", 2)[1])))
 
-    def stepped_windows(self, stepped: set[int]) -> list[rep.Window]:
-        """While a stepped worker held a beat lease, and a failover window after."""
-        after = 0.5 + self.ttl + self.check + 2 + BEAT_PERIOD
-        return [(t - 0.5, t + after) for t, pid in self.beat_holders if pid in stepped]
-
     def settle(self) -> list[str]:
         """Locks (and beats) without a master once every fault has had its window."""
         bound = 3 * self.ttl + self.check + 10
@@ -309,119 +304,6 @@ class Soak(FaultsMixin):
                 w.proc.wait(60)
             except subprocess.TimeoutExpired:
                 w.proc.kill()
-
-    # -- the report -----------------------------------------------------------------
-    def windows(self, lock: str | None = None) -> list[rep.Window]:
-        out = [(at, at + allowed) for _k, at, allowed in self.faults if allowed]
-        for name, off, on in self.control_windows:
-            if lock is None or name == lock:
-                out.append((off, on + self.ttl + self.check + 1))
-        for late in self.late:
-            if lock is None or late["lock"] == lock:
-                out.append((late["at"], late["resumed"] + 2 * self.ttl + self.check + 2))
-        return out
-
-    def report(
-        self, began: float, finished: float, crashes: list[str], unrecovered: list[str]
-    ) -> dict[str, Any]:
-        overlaps, availability = 0, {}
-        for lock in self.locks():
-            journal = self.cluster_of(lock).journal
-            ticks = journal.events("tick", lock)
-            overlaps += rep.overlaps(journal.starts(lock), ticks)
-            availability[lock] = rep.availability(ticks, began, finished, self.windows(lock))
-        try:
-            stale, fenced, judged = rep.stale_fenced_writes(self.url)
-        except sa.exc.OperationalError as exc:  # never came back: the report says so
-            stale, fenced, judged = -1, 0, f"not judged, database unreachable: {exc.orig}"
-        stepped = {
-            w.pid
-            for c in self.clusters.values()
-            for w in c.workers
-            if "FAKETIME_TIMESTAMP_FILE" in w.extra_env
-            and any(k == "clock_worker" for k, _, _ in self.faults)
-        }
-        beat = {
-            app.name: rep.beat_slots(  # what the broker accepted: a retried publish is one send
-                self.clusters[app.name].journal.events("published"),
-                BEAT_PERIOD,
-                began,
-                finished,
-                self.windows() + self.stepped_windows(stepped),
-                stepped,
-            )
-            for app in self.layout.apps
-            if app.beat_workers
-        }
-        bad, allowed, tracebacks = rep.error_lines(
-            w.log_text() for c in self.clusters.values() for w in c.workers
-        )
-        return {
-            "seed": self.args.seed,
-            "mode": self.layout.name,
-            "duration": round(finished - began, 1),
-            "workers": sum(len(a.workers) for a in self.layout.apps),
-            "locks": len(self.locks()),
-            "ttl": self.ttl,
-            "check_interval": self.check,
-            "db": self.args.db,
-            "broker": self.args.broker,
-            "faults": dict(Counter(k for k, _, _ in self.faults)),
-            "fault_log": [(k, round(at - began, 1), round(w, 1)) for k, at, w in self.faults],
-            "overlaps": overlaps,
-            "stale_fenced_writes_accepted": stale,
-            "fenced_writes": fenced,
-            "stale_judged_by": judged,
-            "availability": availability,
-            "beat": beat,
-            "late_broadcasts": self.late_outcomes(),
-            "failover": {k: rep.percentiles(v) for k, v in self.failovers.items()},
-            "lost_control_commands": self.lost_control_commands(),
-            "error_lines": bad,
-            "allowed_errors": allowed,
-            "tracebacks": tracebacks,
-            "recovery_failures": self.recovery_failures,
-            "unrecovered": unrecovered,
-            "worker_crashes": crashes,
-        }
-
-    def lost_control_commands(self) -> int:
-        lost = 0
-        for lock, off, on in self.control_windows:
-            ticks = self.cluster_of(lock).journal.events("tick", lock)
-            lost += any(t["is_master"] and off + 2 * self.ttl < t["at"] < on for t in ticks)
-        return lost
-
-    def late_outcomes(self) -> dict[str, Any]:
-        """Per late broadcast: hand-overs a release caused; enables a late disable undid."""
-        extra, undone, clean = 0, 0, 0
-        for late in self.late:
-            lock, end = late["lock"], late["resumed"] + 2 * self.ttl + self.check + 2
-            others = [
-                at
-                for k, at, _ in self.faults
-                if k != "late_broadcast" and late["at"] - self.ttl < at < end
-            ]
-            if others:
-                continue  # another fault moved this lock too: not a clean measurement
-            clean += 1
-            starts = [
-                s for s in self.cluster_of(lock).journal.starts(lock) if late["at"] < s["t"] < end
-            ]
-            if late["action"] == "release":
-                extra += max(0, len(starts) - 1)
-            else:
-                ticks = self.cluster_of(lock).journal.events("tick", lock)
-                undone += not any(
-                    t["is_master"] and late["resumed"] + self.ttl + self.check + 1 < t["at"] < end
-                    for t in ticks
-                )
-        return {
-            "clean": clean,
-            "extra_handovers": extra,
-            "undone_enables": undone,
-            "n": len(self.late),
-        }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

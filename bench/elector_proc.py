@@ -20,9 +20,9 @@ import threading
 
 from sqlalchemy import event
 
-from celery_master.elector import Elector
+from celery_master.election.elector import Elector
 from celery_master.holder import Holder
-from celery_master.job import MasterJob
+from celery_master.jobs.job import MasterJob
 from celery_master.settings import JobSettings
 from celery_master.store import LeaseStore, create_lease_engine
 

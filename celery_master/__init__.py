@@ -10,10 +10,10 @@ see :mod:`celery_master.errors`.
 
 from __future__ import annotations
 
-from . import control as _control  # noqa: F401  (remote-control commands exist on import)
 from .api import install, master_job, register
 from .errors import CeleryMasterError, ConfigurationError, NotMaster
-from .job import MasterContext, MasterJob
+from .jobs.job import MasterContext, MasterJob
+from .worker import control as _control  # noqa: F401  (remote-control commands exist on import)
 
 __all__ = [
     "CeleryMasterError",

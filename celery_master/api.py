@@ -7,9 +7,9 @@ from typing import Any
 
 from celery import Celery
 
-from . import registry
-from .bootstep import install
-from .job import JobCallable, MasterJob
+from .jobs.job import JobCallable, MasterJob
+from .worker import registry
+from .worker.bootstep import install
 
 __all__ = ["install", "master_job", "register"]
 

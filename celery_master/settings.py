@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigurationError
-from .store.engine import mask_url
+from .redact import mask_url
 
 __all__ = [
     "DEFAULTS",

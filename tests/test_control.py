@@ -175,8 +175,8 @@ def test_cli_works_with_no_worker_and_never_shows_the_password(make_cluster, pg_
 
 
 def test_validate_who_like_reason():
-    from celery_master.control import validate_who
     from celery_master.errors import ConfigurationError
+    from celery_master.worker.control import validate_who
 
     assert validate_who("ops@example (ticket 7)") == "ops@example (ticket 7)"
     assert validate_who(None) is None
@@ -244,23 +244,26 @@ def test_a_storm_of_commands_never_holds_the_main_loop_while_sql_is_pending(sqli
     import threading
     from types import SimpleNamespace
 
-    from celery_master.broadcast import Broadcasts
-    from celery_master.control import SQL_WAIT, mastercontrol
-    from celery_master.elector import Elector
+    from celery_master.election.elector import Elector
     from celery_master.holder import Holder
-    from celery_master.job import MasterJob
+    from celery_master.jobs.job import MasterJob
     from celery_master.settings import JobSettings
+    from celery_master.worker.broadcast import Broadcasts
+    from celery_master.worker.control import SQL_WAIT, mastercontrol
+    from celery_master.worker.offload import Offload
 
     store = LeaseStore(create_lease_engine(sqlite_url))
     store.ensure_schema()
     elector = Elector(
         store, [(MasterJob(LOCK, lambda ctx: None), JobSettings())], Holder.for_node("t@h")
     )
-    consumer = SimpleNamespace(steps=[], controller=SimpleNamespace(master_elector=elector))
+    offload = Offload(store)
+    controller = SimpleNamespace(master_elector=elector, master_offload=offload)
+    consumer = SimpleNamespace(steps=[], controller=controller)
     consumer.master_broadcasts = Broadcasts(consumer)
     state = SimpleNamespace(consumer=consumer)
     stuck = threading.Event()
-    elector.submit(lambda _store: stuck.wait(30))  # the database hangs: SQL stays pending
+    offload.submit(lambda _store: stuck.wait(30))  # the database hangs: SQL stays pending
     try:
         began = time.monotonic()
         first = mastercontrol(state, "disable", LOCK, "storm")

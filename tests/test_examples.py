@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from celery_master.registry import jobs_of
+from celery_master.worker.registry import jobs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"

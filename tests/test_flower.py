@@ -13,7 +13,7 @@ import urllib.request
 
 from celery import Celery
 
-from celery_master.summary import render
+from celery_master.worker.summary import render
 from tests.support.cluster import FAST_TIMING, wait_for
 from tests.support.servers import free_port
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from celery_master.job import MasterJob
-from celery_master.lockstate import Decision, LockState
+from celery_master.election.lockstate import Decision, LockState
+from celery_master.jobs.job import MasterJob
 from celery_master.settings import JobSettings
 from celery_master.store.rows import Lease
 
@@ -111,9 +111,9 @@ def test_a_disabled_lease_is_never_taken_and_forgets_what_was_seen():
 
 def test_the_watchdog_stops_a_term_at_its_deadline_and_sleeps_until_the_next():
     """Whatever the elector does (it may hang in a statement), the deadline holds."""
-    from celery_master.job import MasterContext
-    from celery_master.runner import Runner
-    from celery_master.watchdog import Watchdog
+    from celery_master.election.watchdog import Watchdog
+    from celery_master.jobs.job import MasterContext
+    from celery_master.jobs.runner import Runner
 
     now = [100.0]
     a, b = state(), state()

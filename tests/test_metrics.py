@@ -12,7 +12,7 @@ from celery import signals
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_master.errors import ConfigurationError
-from celery_master.metrics import MasterMetrics, metrics_port, reason_label
+from celery_master.worker.metrics import MasterMetrics, metrics_port, reason_label
 from tests.support.cluster import FAST_TIMING, wait_for
 from tests.support.servers import free_port
 
@@ -146,10 +146,10 @@ def test_a_taken_port_is_one_log_line_and_the_worker_goes_on(caplog):
         taken.listen()
         port = taken.getsockname()[1]
         metrics = MasterMetrics()
-        with caplog.at_level(logging.ERROR, logger="celery_master.metrics"):
+        with caplog.at_level(logging.ERROR, logger="celery_master.worker.metrics"):
             assert metrics.start(port, "127.0.0.1") is False
         metrics.stop()
-    lines = [r for r in caplog.records if r.name == "celery_master.metrics"]
+    lines = [r for r in caplog.records if r.name == "celery_master.worker.metrics"]
     assert len(lines) == 1 and "master_metrics_port" in lines[0].getMessage()
 
 

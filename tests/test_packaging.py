@@ -123,7 +123,7 @@ def test_every_extra_installs_in_a_clean_venv_and_imports(extras_python: Path):
                     importlib.import_module(name)
                 except Exception as exc:
                     failed.setdefault(extra, []).append(f"{name}: {exc!r}")
-        import psycopg, celery_master, celery_master.cli, celery_master.testing
+        import psycopg, celery_master, celery_master.ops.cli, celery_master.testing
         print(json.dumps({"failed": failed, "psycopg": psycopg.pq.__impl__,
                           "version": celery_master.__version__, "path": celery_master.__file__}))
         """

@@ -6,9 +6,9 @@ import pytest
 from celery import Celery
 
 import celery_master
-from celery_master.bootstep import MasterStep
 from celery_master.errors import ConfigurationError
-from celery_master.registry import jobs_of
+from celery_master.worker.bootstep import MasterStep
+from celery_master.worker.registry import jobs_of
 
 
 def noop(ctx):

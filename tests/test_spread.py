@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
+from celery_master.election.spread import Held, Spread
 from celery_master.errors import ConfigurationError
-from celery_master.job import MasterJob
-from celery_master.spread import Held, Spread
+from celery_master.jobs.job import MasterJob
 from celery_master.store.rows import Member
 from tests.support.cluster import FAST_TIMING, wait_for
 

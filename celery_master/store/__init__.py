@@ -1,4 +1,7 @@
-"""Everything SQL; nothing outside this package knows a dialect."""
+"""Store: everything SQL (schema, leases, fence, history, beat state); no other wing knows SQL.
+
+May import: the shared modules only (errors, redact, ...); every wing above may import it.
+"""
 
 from __future__ import annotations
 

@@ -24,21 +24,19 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import ColumnElement
 
-from ..errors import ConfigurationError
 from .engine import Dialect, dialect_of
 from .fence import fence_term
 from .history import record
 from .members import beat_member, leave_member, read_members
 from .operator import OperatorStatements
 from .rows import Lease, Member, MemberBeat, Renewal, TickResult
-from .schema import SCHEMA_VERSION, add_missing_columns
+from .setup import SchemaSetup, SchemaTooNew
 from .tables import BEAT, HISTORY, LEASE, MEMBER, META, METADATA, db_now
 
 logger = logging.getLogger(__name__)
@@ -57,51 +55,13 @@ __all__ = [
 ]
 
 
-class SchemaTooNew(ConfigurationError):
-    """The lease database was upgraded by a newer celery-master than this one."""
-
-
-class LeaseStore(OperatorStatements):
+class LeaseStore(SchemaSetup, OperatorStatements):
     """The lease tables of one database, shared by every lock name of a worker."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = dialect_of(engine.url)
         self.now = db_now(self.dialect)
-
-    # -- schema ---------------------------------------------------------------
-    def ensure_schema(self) -> None:
-        """Create missing tables and columns; refuse a schema newer than this code."""
-        with self.engine.begin() as conn:
-            if self.dialect is Dialect.POSTGRESQL:  # workers booting together: one creates
-                conn.execute(text("SELECT pg_advisory_xact_lock(7275318)"))
-            found = self._schema_version(conn)
-            if found is not None and found > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"the lease database has celery-master schema version {found}, newer than "
-                    f"this version supports ({SCHEMA_VERSION}): upgrade celery-master on this "
-                    "worker (pip install -U celery-master)"
-                )
-            METADATA.create_all(conn, checkfirst=True)
-            for column in add_missing_columns(conn, METADATA):
-                logger.warning("upgraded the lease database: added %s", column)
-            if found is None:
-                conn.execute(META.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif found < SCHEMA_VERSION:
-                conn.execute(
-                    META.update()
-                    .where(META.c.key == "schema_version")
-                    .values(value=str(SCHEMA_VERSION))
-                )
-                logger.warning("upgraded the lease database schema %d -> %d", found, SCHEMA_VERSION)
-
-    def _schema_version(self, conn: Connection) -> int | None:
-        from sqlalchemy import inspect
-
-        if not inspect(conn).has_table(META.name):
-            return None
-        value = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
-        return None if value is None else int(value)
 
     def _insert(self, table: Any) -> Any:
         return (pg_insert if self.dialect is Dialect.POSTGRESQL else sqlite_insert)(table)

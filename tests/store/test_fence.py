@@ -8,10 +8,10 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from celery_master.elector import Elector, Role
+from celery_master.election.elector import Elector, Role
 from celery_master.errors import NotMaster
 from celery_master.holder import Holder
-from celery_master.job import MasterJob
+from celery_master.jobs.job import MasterJob
 from celery_master.settings import JobSettings
 from celery_master.store import LeaseStore, create_lease_engine
 from tests.support.cluster import wait_for

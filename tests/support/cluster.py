@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celery_master.testing import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["FAST_TIMING", "Cluster", "Journal", "foreign_environ", "wait_for", "worker_argv"]
 
@@ -44,14 +46,7 @@ def foreign_environ(environ: dict[str, str] | None = None) -> list[str]:
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
     """Poll ``cond`` until it returns something truthy; fail naming ``what``."""
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(step)
+    return wait_until(cond, timeout, what, step)
 
 
 def worker_argv(name: str, pool: str = "solo") -> list[str]:

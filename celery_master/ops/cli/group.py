@@ -1,0 +1,134 @@
+"""The ``celery master`` click group and what its commands share: store, names, output.
+
+Database errors after connecting are one line naming the (masked) database,
+never a traceback; read-only commands open the store without creating tables.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+from typing import Any
+
+import click
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+
+from ...errors import ConfigurationError
+from ...jobs.job import validate_lock_name
+from ...settings import resolve_database_url
+from ...store.engine import create_lease_engine, mask_url
+from ...store.leases import LEASE, LeaseStore
+from ...worker.control import broadcast_hint
+
+__all__ = [
+    "NO_TABLES",
+    "database_url",
+    "first_line",
+    "has_tables",
+    "hint",
+    "lock_arg",
+    "master",
+    "open_store",
+    "stamp",
+    "table",
+    "who",
+]
+
+NO_TABLES = (
+    "the celery-master tables do not exist yet in {url}: the first worker with a master job "
+    "creates them"
+)
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} (celery master)"
+
+
+def first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+
+
+def database_url(ctx: click.Context) -> str:
+    try:
+        return resolve_database_url(ctx.obj.app.conf)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def open_store(ctx: click.Context, create: bool = True) -> LeaseStore:
+    """The lease store; ``create=False`` for read-only commands (never creates tables)."""
+    url = database_url(ctx)
+    try:
+        store = LeaseStore(create_lease_engine(url, timeout=5.0))
+        if create:
+            store.ensure_schema()
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(
+            f"lease database {mask_url(url)} unreachable: {first_line(exc)}"
+        ) from None
+    return store
+
+
+def has_tables(store: LeaseStore) -> bool:
+    with store.engine.connect() as conn:
+        return bool(sa_inspect(conn).has_table(LEASE.name))
+
+
+def lock_arg(name: str) -> str:
+    try:
+        return validate_lock_name(name)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def stamp(value: float | None) -> str | None:
+    """ISO-8601 UTC, the format ``inspect master_status`` uses."""
+    if value is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    cells = [[h for _, h in columns]] + [
+        ["-" if r[k] is None else str(r[k]) for k, _ in columns] for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def hint(ctx: click.Context, lock_name: str) -> None:
+    try:
+        broadcast_hint(ctx.obj.app, [lock_name])
+    except Exception as exc:  # the change is in SQL; workers see it at their next interval
+        click.echo(
+            f"note: no hint sent ({exc}); workers see the change within an interval", err=True
+        )
+
+
+class _MasterGroup(click.Group):
+    """Database errors after connecting are one line naming the (masked) database."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            url = mask_url(resolve_database_url(ctx.obj.app.conf))
+            down = isinstance(exc, OperationalError | InterfaceError)
+            state = "unreachable" if down else "failed"
+            raise click.ClickException(f"lease database {url} {state}: {first_line(exc)}") from None
+
+
+@click.group(name="master", cls=_MasterGroup)
+@click.pass_context
+def master(ctx: click.Context) -> None:
+    """See and steer celery-master jobs (reads and writes the lease database)."""

@@ -1,0 +1,62 @@
+"""Creating and upgrading the lease schema, and refusing one newer than this code.
+
+A worker that finds a schema newer than it knows stays out of the election
+(the elector catches ``SchemaTooNew``) rather than write rows it cannot read.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Connection, Engine, inspect, select, text
+
+from ..errors import ConfigurationError
+from .engine import Dialect
+from .schema import SCHEMA_VERSION, add_missing_columns
+from .tables import META, METADATA
+
+__all__ = ["SchemaSetup", "SchemaTooNew"]
+
+logger = logging.getLogger(__name__)
+
+
+class SchemaTooNew(ConfigurationError):
+    """The lease database was upgraded by a newer celery-master than this one."""
+
+
+class SchemaSetup:
+    """Mixed into LeaseStore."""
+
+    engine: Engine
+    dialect: Dialect
+
+    def ensure_schema(self) -> None:
+        """Create missing tables and columns; refuse a schema newer than this code."""
+        with self.engine.begin() as conn:
+            if self.dialect is Dialect.POSTGRESQL:  # workers booting together: one creates
+                conn.execute(text("SELECT pg_advisory_xact_lock(7275318)"))
+            found = self._schema_version(conn)
+            if found is not None and found > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"the lease database has celery-master schema version {found}, newer than "
+                    f"this version supports ({SCHEMA_VERSION}): upgrade celery-master on this "
+                    "worker (pip install -U celery-master)"
+                )
+            METADATA.create_all(conn, checkfirst=True)
+            for column in add_missing_columns(conn, METADATA):
+                logger.warning("upgraded the lease database: added %s", column)
+            if found is None:
+                conn.execute(META.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif found < SCHEMA_VERSION:
+                conn.execute(
+                    META.update()
+                    .where(META.c.key == "schema_version")
+                    .values(value=str(SCHEMA_VERSION))
+                )
+                logger.warning("upgraded the lease database schema %d -> %d", found, SCHEMA_VERSION)
+
+    def _schema_version(self, conn: Connection) -> int | None:
+        if not inspect(conn).has_table(META.name):
+            return None
+        value = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
+        return None if value is None else int(value)
