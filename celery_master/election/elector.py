@@ -13,18 +13,17 @@ spread.py for who tries first.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import clock as _clock
 from ..errors import ConfigurationError
 from ..health import DatabaseHealth
 from ..holder import Holder
 from ..jobs.job import MasterJob
+from ..runtime import REAL, Runtime, TaskLike
 from ..settings import JobSettings
 from ..store.engine import mask_url
 from ..store.leases import LeaseStore, SchemaTooNew
@@ -48,16 +47,18 @@ class Elector:
         jobs: Iterable[tuple[MasterJob, JobSettings]],
         holder: Holder,
         notify: Callable[[list[str]], None] | None = None,
-        clock: Callable[[], float] = _clock.now,
+        clock: Callable[[], float] | None = None,
         on_role_change: Callable[[str, Role, int, str], None] | None = None,
         on_tick: Callable[[float, bool], None] | None = None,
         app_name: str = "",
         on_setup: Callable[[LeaseStore], None] | None = None,
+        runtime: Runtime = REAL,
     ) -> None:
         self.store = store
         self.holder = holder
         self.holder_id = str(holder)
-        self.clock = clock
+        self.runtime = runtime
+        self.clock = clock = clock or runtime.now
         self.on_setup = on_setup
         self.locks = {job.lock_name: LockState(job, settings) for job, settings in jobs}
         if not self.locks:
@@ -65,9 +66,9 @@ class Elector:
         timings = [lk.settings for lk in self.locks.values()]
         self.init_delay = min(s.init_delay for s in timings)
         self.tick_period = min(min(s.heartbeat_interval, s.check_interval) for s in timings)
-        self._wake = threading.Event()
-        self._leaving = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wake = runtime.event()
+        self._leaving = runtime.event()
+        self._thread: TaskLike | None = None
         self.health = DatabaseHealth(mask_url(store.engine.url), self.tick_period)
         self.terms = Terms(
             store,
@@ -77,6 +78,7 @@ class Elector:
             notify,
             on_role_change,
             {n: lk.settings for n, lk in self.locks.items()},
+            runtime,
         )
         weights = {n: lk.weight for n, lk in self.locks.items()}
         self.spread = Spread(self.holder_id, holder.node_name, app_name, weights)
@@ -90,13 +92,14 @@ class Elector:
             clock,
             self.tick_period,
         )
-        self.round = Round(parts, on_tick)
-        self.watchdog = Watchdog(self.locks.values, self.terms.step_down, clock, self.tick_period)
+        self.round = Round(parts, on_tick, runtime)
+        self.watchdog = Watchdog(
+            self.locks.values, self.terms.step_down, clock, self.tick_period, runtime
+        )
 
     # -- public ----------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="celery-master-elector", daemon=True)
-        self._thread.start()
+        self._thread = self.runtime.spawn(self._run, "celery-master-elector")
         self.watchdog.start()
 
     def wake(self, lock_names: Iterable[str] | None = None) -> None:
@@ -157,9 +160,10 @@ class Elector:
                     wait = self.health.backoff
                 else:
                     wait = self.round.run() - self.clock()
-            except SQLAlchemyError as exc:
+            except SQLAlchemyError as exc:  # never past a renewal's due time
                 self.health.failed(exc)
-                wait = self.health.backoff
+                now = self.clock()
+                wait = min(self.health.backoff, self.round.renewal_due(now) - now)
             except Exception:  # a bug: log it, keep electing after a back-off
                 logger.exception("unexpected error in the election loop; going on")
                 wait = self.health.backoff * 2
@@ -188,11 +192,14 @@ class Elector:
 
     def _handover(self) -> bool:
         """Step down everywhere and free the leases; True once nothing is held."""
+        self.round.collect_takeover(leaving=True)
         for lk in self.locks.values():
             if lk.runner is not None:
                 self.terms.step_down(lk, "worker shutting down")
         self.terms.free_stopped(list(self.locks.values()))
-        if any(lk.runner or lk.epoch is not None for lk in self.locks.values()):
+        if self.round.takeovers.pending or any(
+            lk.runner or lk.epoch is not None for lk in self.locks.values()
+        ):
             return False
         try:
             self.store.leave_member(self.holder_id)

@@ -40,6 +40,7 @@ class Decision(enum.Enum):
     WAIT = "wait"  # nothing to do before ``next_due``
     TAKE_FREE = "take-free"  # a free lease this worker may take now
     TAKE_SILENT = "take-silent"  # a holder silent for a whole ttl: compare-and-set on ``seen``
+    RELEASE_OWN = "release-own"  # held under this worker's id, unknown to it: a lost reply
 
 
 Seen = tuple[str, int, int, "str | None"]  # holder, epoch, renewals, token
@@ -107,6 +108,9 @@ class LockState:
         """
         self.enabled, self.holder_seen = lease.enabled, lease.holder
         self.next_due = arrived + self.settings.check_interval
+        if lease.holder == me:  # an acquire committed but its reply never came: free it now
+            self.seen, self.next_due = None, arrived
+            return Decision.RELEASE_OWN
         if lease.holder is not None or not lease.enabled:
             self.free_since = None
         if not lease.enabled:

@@ -8,21 +8,24 @@ goes in a transaction of its own, since it may wait on the old holder's fence.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..health import DatabaseHealth
 from ..holder import Holder
+from ..runtime import REAL, Runtime
 from ..store.leases import LeaseStore
 from ..store.rows import MemberBeat, Renewal
 from .lockstate import Decision, LockState, Role
 from .spread import Held, Spread
+from .takeover import Takeovers
 from .terms import SPREAD_REASON, Terms
 
 __all__ = ["Round", "RoundParts"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,7 +47,12 @@ class RoundParts:
 
 
 class Round:
-    def __init__(self, parts: RoundParts, on_tick: Callable[[float, bool], None] | None) -> None:
+    def __init__(
+        self,
+        parts: RoundParts,
+        on_tick: Callable[[float, bool], None] | None,
+        runtime: Runtime = REAL,
+    ) -> None:
         self.e = parts
         self.on_tick = on_tick
         timings = [lk.settings for lk in parts.locks.values()]
@@ -58,7 +66,10 @@ class Round:
         self.published = -1  # the load in this worker's member row
         self._yield_after = 0.0
         self._hinted: set[str] = set()
-        self._lock = threading.Lock()
+        self._lock = runtime.lock()
+        self.takeovers = Takeovers(
+            parts.store, parts.holder_id, parts.clock, runtime, parts.terms.wake
+        )
 
     def hint(self, names: Iterable[str]) -> None:
         with self._lock:
@@ -68,7 +79,8 @@ class Round:
         """Serve everything if anything is due; returns the clock time of the next round."""
         e = self.e
         locks = list(e.locks.values())
-        e.terms.free_stopped(locks)
+        self.collect_takeover(leaving=False)
+        self._aside(lambda: e.terms.free_stopped(locks))
         now = e.clock()
         self.next_tick = min(self.next_tick, self._next_due(now))  # a freed name is due now
         with self._lock:
@@ -76,7 +88,7 @@ class Round:
         if not hinted and now < self.next_tick:
             return self.next_tick
         held = [lk for lk in locks if lk.held]
-        wanted = [lk for lk in locks if lk.wanted]
+        wanted = [lk for lk in locks if lk.wanted and lk.name not in self.takeovers.pending]
         take = [
             lk.name
             for lk in wanted
@@ -183,6 +195,7 @@ class Round:
         e = self.e
         free: list[str] = []
         silent: dict[str, tuple[int, int, str | None]] = {}
+        orphans: dict[str, int] = {}
         missing: list[str] = []
         for lk in wanted:
             lease = leases.get(lk.name)
@@ -195,14 +208,54 @@ class Round:
                 free.append(lk.name)
             elif decision is Decision.TAKE_SILENT:
                 silent[lk.name] = lk.silent_value()
+            elif decision is Decision.RELEASE_OWN:
+                orphans[lk.name] = lease.epoch
+        ttls = {n: e.locks[n].settings.ttl for n in [*free, *silent]}
+        self.takeovers.submit(silent, ttls)  # apart: it may wait on the old holder's fence
+        if orphans:  # won by a statement whose reply was lost: free it, take it next round
+            why = dict.fromkeys(orphans, "its acquire's reply was lost")
+            self._aside(lambda: e.store.release(e.holder_id, orphans, why))
         if missing:
-            e.store.ensure_rows(missing)
-        if free or silent:
-            ttls = {n: e.locks[n].settings.ttl for n in [*free, *silent]}
+            self._aside(lambda: e.store.ensure_rows(missing))
+        if free:
             sent = e.clock()
-            won = e.store.acquire(e.holder_id, free, silent, ttls)
+            won = self._aside(lambda: e.store.acquire(e.holder_id, free, {}, ttls)) or {}
             for name, epoch in won.items():
                 e.terms.begin(e.locks[name], epoch, sent)
+
+    def _aside(self, statement: Callable[[], T]) -> T | None:
+        """A statement beside the renewals: if it fails, the round goes on (the next retries).
+
+        Renewals must never wait for it: a failed release or acquire is logged
+        and left for the next round, never turned into a back-off of the loop.
+        """
+        try:
+            return statement()
+        except Exception as exc:
+            if not self.e.health.is_db_error(exc):
+                raise
+            self.e.health.failed(exc)
+            return None
+
+    def collect_takeover(self, leaving: bool) -> None:
+        """Start the terms a finished takeover won (or free them at once when leaving)."""
+        done = self.takeovers.collect()
+        if done is None:
+            return
+        won, sent = done
+        for name, epoch in won.items():
+            lk = self.e.locks[name]
+            if leaving or not lk.wanted:
+                lk.epoch, lk.stop_reason = epoch, "won while leaving"  # free_stopped frees it
+            else:
+                self.e.terms.begin(lk, epoch, sent)
+
+    def renewal_due(self, now: float) -> float:
+        """When the next renewal must be sent: no failed statement may push a round past it."""
+        due = [
+            lk.last_sent + lk.settings.heartbeat_interval for lk in self.e.locks.values() if lk.held
+        ]
+        return min(due, default=now + 10 * self.e.tick_period)
 
     def _yield_surplus(self, now: float) -> None:
         """Hand over what a lighter candidate of the same lock should run instead."""
@@ -223,7 +276,7 @@ class Round:
         for lk in self.e.locks.values():
             if lk.held:
                 times.append(lk.last_sent + lk.settings.heartbeat_interval)
-            elif lk.wanted:
+            elif lk.wanted and lk.name not in self.takeovers.pending:
                 times.append(lk.next_due)
             elif lk.runner is None:  # a release to retry
                 times.append(now + self.e.health.backoff)

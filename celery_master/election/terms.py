@@ -15,6 +15,7 @@ from typing import Any
 from ..holder import Holder
 from ..jobs.job import MasterContext
 from ..jobs.runner import Runner
+from ..runtime import REAL, Runtime
 from ..settings import JobSettings
 from ..store.leases import LeaseStore
 from .lockstate import LockState, Role
@@ -38,8 +39,10 @@ class Terms:
         notify: Callable[[list[str]], None] | None = None,
         on_role_change: Callable[[str, Role, int, str], None] | None = None,
         settings: Mapping[str, JobSettings] | None = None,
+        runtime: Runtime = REAL,
     ) -> None:
         self.settings = dict(settings or {})
+        self.runtime = runtime
         self.store = store
         self.holder = holder
         self.holder_id = str(holder)
@@ -64,13 +67,21 @@ class Terms:
             self.wake()
             return
         ctx = MasterContext(
-            lk.name, epoch, self.holder_id, deadline, fence=self._fence, clock=self.clock
+            lk.name,
+            epoch,
+            self.holder_id,
+            deadline,
+            fence=self._fence,
+            clock=self.clock,
+            runtime=self.runtime,
         )
-        lk.runner = Runner(lk.job, ctx, lk.settings.heartbeat_interval, self.wake)
+        runner = lk.runner = Runner(
+            lk.job, ctx, lk.settings.heartbeat_interval, self.wake, self.runtime
+        )
         lk.since, lk.last_error = time.time(), None
         logger.info("%s became master of %r (epoch %d)", self.holder.node_name, lk.name, epoch)
-        lk.runner.start()
-        self._role_changed(lk, Role.MASTER, epoch, "elected")
+        if runner.start():  # False: the watchdog revoked the term before its job could start
+            self._role_changed(lk, Role.MASTER, epoch, "elected")
 
     def step_down(self, lk: LockState, reason: str) -> None:
         runner = lk.runner

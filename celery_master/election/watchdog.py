@@ -6,9 +6,9 @@ answering; the deadline must hold anyway (S1), so a second thread watches it.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 
+from ..runtime import REAL, Runtime
 from .lockstate import LockState
 
 __all__ = ["Watchdog"]
@@ -25,18 +25,17 @@ class Watchdog:
         step_down: Callable[[LockState, str], None],
         clock: Callable[[], float],
         period: float,
+        runtime: Runtime = REAL,
     ) -> None:
         self.locks = locks
         self.step_down = step_down
         self.clock = clock
         self.period = period
-        self._closed = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="celery-master-watchdog", daemon=True
-        )
+        self.runtime = runtime
+        self._closed = runtime.event()
 
     def start(self) -> None:
-        self._thread.start()
+        self.runtime.spawn(self._run, "celery-master-watchdog")
 
     def stop(self) -> None:
         self._closed.set()

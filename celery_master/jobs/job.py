@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import clock as _clock
 from ..errors import ConfigurationError, NotMaster
+from ..runtime import REAL, EventLike, Runtime
 from ..settings import TIMING_NAMES, resolve_job_settings
 from ..store.schema import MAX_LOCK_NAME
 
@@ -97,11 +97,13 @@ class MasterContext:
         deadline: float,
         fence: Callable[[Any, MasterContext], bool] | None = None,
         clock: Callable[[], float] = _clock.now,
+        runtime: Runtime = REAL,
     ) -> None:
         self.lock_name = lock_name
         self.epoch = epoch
         self.holder = holder
-        self.stopping = threading.Event()
+        #: set when the term ends; ``start`` may block on ``ctx.stopping.wait(...)``
+        self.stopping: EventLike = runtime.event()
         self._deadline = deadline
         self._revoked = False
         self._fence = fence

@@ -7,11 +7,10 @@ logged with their traceback and turn into a step-down.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
-from .. import clock
 from ..errors import NotMaster
+from ..runtime import REAL, Runtime, TaskLike
 from .job import MasterContext, MasterJob
 
 __all__ = ["Runner"]
@@ -20,7 +19,14 @@ logger = logging.getLogger(__name__)
 
 
 class Runner:
-    """One term: created on acquisition, finished once ``stopped`` is set."""
+    """One term: created on acquisition, finished once ``stopped`` is set.
+
+    ``start()`` and ``step_down()`` decide under one lock: either the start
+    thread exists before the term is revoked (and the stop path joins it), or
+    it never starts. So a job never starts after its term was stopped, and
+    ``stopped`` (after which the lease is freed) is never set while a start
+    thread may still run.
+    """
 
     def __init__(
         self,
@@ -28,26 +34,33 @@ class Runner:
         ctx: MasterContext,
         stop_timeout: float,
         on_change: Callable[[], None] = lambda: None,
+        runtime: Runtime = REAL,
     ) -> None:
         self.job = job
         self.ctx = ctx
         self.stop_timeout = stop_timeout
         self.on_change = on_change
+        self.runtime = runtime
         self.failed = False
         self.reason: str | None = None
-        self.stopped = threading.Event()
-        self._lock = threading.Lock()
-        self._start_thread: threading.Thread | None = None
+        self.stopped = runtime.event()
+        self._lock = runtime.lock()
+        self._start_thread: TaskLike | None = None
+        self._stop_thread: TaskLike | None = None
 
     @property
     def stepping_down(self) -> bool:
         return self.reason is not None
 
-    def start(self) -> None:
-        self._start_thread = threading.Thread(
-            target=self._run_start, name=f"celery-master-job-{self.job.lock_name}", daemon=True
-        )
-        self._start_thread.start()
+    def start(self) -> bool:
+        """Start the job's thread, unless the term was already revoked; True if started."""
+        with self._lock:
+            if self.reason is not None:
+                return False
+            self._start_thread = self.runtime.spawn(
+                self._run_start, f"celery-master-job-{self.job.lock_name}"
+            )
+            return True
 
     def _run_start(self) -> None:
         """A job that raises once its term was revoked is not a start failure.
@@ -57,6 +70,8 @@ class Runner:
         start-failure hold-off, or a few database blips could keep a worker
         masterless long after the database is back.
         """
+        if self.ctx.stopping.is_set():  # revoked before this thread ran: the job never starts
+            return
         try:
             self.job.start(self.ctx)
         except NotMaster as exc:
@@ -79,11 +94,12 @@ class Runner:
                 return
             self.reason = reason
             self.ctx.revoke()
-        threading.Thread(
-            target=self._run_stop, name=f"celery-master-stop-{self.job.lock_name}", daemon=True
-        ).start()
+            start_thread = self._start_thread  # None now: no start thread will ever exist
+        self._stop_thread = self.runtime.spawn(
+            lambda: self._run_stop(start_thread), f"celery-master-stop-{self.job.lock_name}"
+        )
 
-    def _run_stop(self) -> None:
+    def _run_stop(self, start_thread: TaskLike | None) -> None:
         """Set ``stopped`` only once stop() and start() have really returned.
 
         The lease is released only after that, so a voluntary hand-over never
@@ -92,20 +108,18 @@ class Runner:
         bound is logged loudly; if it never returns, the lease is not renewed
         and expires after the ttl (the only case where the bound is physical).
         """
-        began = clock.now()
-        threads = []
+        now = self.runtime.now
+        began = now()
+        threads: list[tuple[str, TaskLike]] = []
         if self.job.stop is not None:
-            stopper = threading.Thread(
-                target=self._call_stop,
-                name=f"celery-master-stop-{self.job.lock_name}",
-                daemon=True,
+            stopper = self.runtime.spawn(
+                self._call_stop, f"celery-master-stop-{self.job.lock_name}"
             )
-            stopper.start()
             threads.append(("stop()", stopper))
-        if self._start_thread is not None and self._start_thread is not threading.current_thread():
-            threads.append(("start()", self._start_thread))
+        if start_thread is not None:
+            threads.append(("start()", start_thread))
         for what, thread in threads:
-            thread.join(max(0.0, began + self.stop_timeout - clock.now()))
+            thread.join(max(0.0, began + self.stop_timeout - now()))
             if thread.is_alive():
                 logger.error(
                     "%s of %r still runs %.1fs after stopping was set (bound "
@@ -113,7 +127,7 @@ class Runner:
                     "ttl: let it return when ctx.stopping is set",
                     what,
                     self.job.lock_name,
-                    clock.now() - began,
+                    now() - began,
                     self.stop_timeout,
                 )
                 thread.join()

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from ..holder import Holder
 from ..store.leases import Lease, LeaseStore
 
-__all__ = ["Outcome", "lease_expired", "wait_for_new_holder", "wait_until_stopped"]
+__all__ = [
+    "Outcome",
+    "lease_expired",
+    "silent_for_a_ttl",
+    "wait_for_new_holder",
+    "wait_until_stopped",
+]
 
 POLL = 0.05
 
@@ -81,3 +87,27 @@ def wait_until_stopped(store: LeaseStore, lock_name: str, timeout: float) -> Out
         return lease is None or not lease.holder or lease_expired(lease)
 
     return _poll(store, lock_name, timeout, stopped)
+
+
+def silent_for_a_ttl(
+    store: LeaseStore,
+    lease: Lease,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[int, int] | None:
+    """Watch a held lease for a whole ttl on this process's clock, as a standby would.
+
+    Returns the ``(epoch, renewals)`` seen unchanged the whole time (its holder
+    is dead: a compare-and-set on it may act), or None once it changes or is
+    freed. Database time is never used: the database host's clock may step.
+    """
+    seen = (lease.epoch, lease.renewals, lease.holder)
+    ttl = float(lease.ttl or 0.0)
+    until = clock() + ttl
+    while True:
+        now = store.read([lease.lock_name]).get(lease.lock_name)
+        if now is None or (now.epoch, now.renewals, now.holder) != seen:
+            return None
+        if clock() >= until:
+            return (lease.epoch, lease.renewals)
+        sleep(min(POLL * 4, max(0.0, until - clock())))

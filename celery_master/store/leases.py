@@ -32,6 +32,7 @@ from sqlalchemy.sql import ColumnElement
 
 from .engine import Dialect, dialect_of
 from .fence import fence_term
+from .floors import read_floors
 from .history import record
 from .members import beat_member, leave_member, read_members
 from .operator import OperatorStatements
@@ -58,20 +59,23 @@ __all__ = [
 class LeaseStore(SchemaSetup, OperatorStatements):
     """The lease tables of one database, shared by every lock name of a worker."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, now: ColumnElement[float] | None = None) -> None:
+        """``now``: the database-time expression; the simulation hands in virtual time."""
         self.engine = engine
         self.dialect = dialect_of(engine.url)
-        self.now = db_now(self.dialect)
+        self.now = db_now(self.dialect) if now is None else now
 
     def _insert(self, table: Any) -> Any:
         return (pg_insert if self.dialect is Dialect.POSTGRESQL else sqlite_insert)(table)
 
     def ensure_rows(self, lock_names: Iterable[str]) -> None:
-        """Insert a free, enabled row for each lock name that has none."""
-        rows = [{"lock_name": n, "epoch": 0, "renewals": 0} for n in lock_names]
-        if not rows:
+        """Insert a free, enabled row for each lock name that has none, from its epoch floor."""
+        names = list(lock_names)
+        if not names:
             return
         with self.engine.begin() as conn:
+            floors = read_floors(conn, names)
+            rows = [{"lock_name": n, "epoch": floors.get(n, 0), "renewals": 0} for n in names]
             conn.execute(self._insert(LEASE).values(rows).on_conflict_do_nothing())
 
     # -- reads ----------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, and_, false, or_, true
 from sqlalchemy.sql import ColumnElement
 
+from .floors import raise_floor
 from .history import read_history, record
 from .rows import Lease
 from .tables import LEASE
@@ -93,17 +94,28 @@ class OperatorStatements:
                 record(conn, self.now, [(lock_name, "release-requested", who, None, None)])
         return bool(changed), self.read([lock_name]).get(lock_name)
 
-    def forget(self, lock_name: str, who: str) -> bool:
-        """Remove the row of a lock name nobody holds (or whose lease expired by database
-        time: a killed holder); True if it was removed. Its history stays."""
-        unheld = or_(LEASE.c.holder.is_(None), LEASE.c.renewed_at + LEASE.c.ttl <= self.now)
+    def forget(self, lock_name: str, who: str, seen: tuple[int, int] | None = None) -> bool:
+        """Remove the row of a lock name nobody holds; True if it was removed. Its history stays.
+
+        A held row goes only with ``seen``: the ``(epoch, renewals)`` the caller
+        has watched unchanged for a whole ttl on its own monotonic clock (a dead
+        holder), compared and deleted in one statement; never judged by
+        database time, whose clock may step. Its epoch becomes the name's floor,
+        so a re-created row never repeats an epoch.
+        """
+        unheld: ColumnElement[bool] = LEASE.c.holder.is_(None)
+        if seen is not None:
+            unheld = or_(unheld, and_(LEASE.c.epoch == seen[0], LEASE.c.renewals == seen[1]))
         with self.engine.begin() as conn:
             gone = conn.execute(
-                LEASE.delete().where(LEASE.c.lock_name == lock_name, unheld)
-            ).rowcount
-            if gone:
-                record(conn, self.now, [(lock_name, "forgotten", who, None, None)])
-        return bool(gone)
+                LEASE.delete()
+                .where(LEASE.c.lock_name == lock_name, unheld)
+                .returning(LEASE.c.epoch)
+            ).scalar()
+            if gone is not None:
+                raise_floor(conn, lock_name, int(gone))
+                record(conn, self.now, [(lock_name, "forgotten", who, int(gone), None)])
+        return gone is not None
 
     def history(self, lock_name: str, limit: int = 50) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -13,7 +13,7 @@ from ...errors import ConfigurationError
 from ...holder import Holder
 from ...store.engine import mask_url
 from ...worker.control import validate_reason
-from ..watch import lease_expired, wait_for_new_holder, wait_until_stopped
+from ..watch import silent_for_a_ttl, wait_for_new_holder, wait_until_stopped
 from .group import NO_TABLES, has_tables, hint, lock_arg, master, open_store, who
 
 __all__ = ["disable", "enable", "forget", "release"]
@@ -121,11 +121,18 @@ def forget(ctx: click.Context, lock_name: str) -> None:
     if lease is None:
         known = ", ".join(sorted(store.read())) or "none"
         raise click.ClickException(f"unknown lock name {name!r}: known are {known}")
-    if lease.holder and not lease_expired(lease):
-        raise click.ClickException(
-            f"{name!r} is held by {Holder.node_of(lease.holder)}: remove its job from the "
-            "workers (or `celery master disable --wait` it) before forgetting it"
+    seen = None
+    if lease.holder:  # a live holder renews within its ttl; a dead one's lease stays put
+        click.echo(
+            f"{name!r} is held by {Holder.node_of(lease.holder)}: watching it for its ttl "
+            f"({lease.ttl or 0:.1f}s) to see whether that worker is still alive"
         )
+        seen = silent_for_a_ttl(store, lease)
+        if seen is None:
+            raise click.ClickException(
+                f"{name!r} is held by a live worker: remove its job from the workers (or "
+                "`celery master disable --wait` it) before forgetting it"
+            )
     live = store.members(window=3 * (lease.ttl or 4.0))  # as the elector judges liveness
     runners = sorted(m.node for m in live if name in m.locks)
     if runners:
@@ -133,6 +140,6 @@ def forget(ctx: click.Context, lock_name: str) -> None:
             f"live workers still run {name!r}: {', '.join(runners)}; remove the job from "
             "their code and restart them first"
         )
-    if not store.forget(name, who()):
+    if not store.forget(name, who(), seen):
         raise click.ClickException(f"{name!r} was taken meanwhile; nothing removed")
     click.echo(f"{name}: forgotten (its history stays; a worker that registers it recreates it)")
