@@ -28,7 +28,24 @@ __all__ = ["Checks", "Violation"]
 
 # faults after which a lock may wait out a silent holder's ttl (a worker that joins or restarts
 # meets a crashed holder's lease and must watch it for a whole ttl before taking it)
-HARD = {"crash", "pause", "stall", "outage", "takeover-wait", "release", "disable", "start", "join"}
+HARD = {
+    "crash",
+    "pause",
+    "graceful",
+    "leave",
+    "stall",
+    "outage",
+    "dbclock",
+    "takeover-wait",
+    "release",
+    "disable",
+    "forget",
+    "late-command",
+    "start",
+}
+
+
+RESOLUTION = 0.01  # virtual seconds between two looks at renewals and liveness
 
 
 class Violation(AssertionError):
@@ -60,28 +77,48 @@ class Checks:
     released: dict[tuple[str, int], float] = field(default_factory=dict)
     attempts: dict[tuple[str, str], float] = field(default_factory=dict)
     enabled: dict[str, bool] = field(default_factory=dict)
-    events: list[tuple[float, str, str]] = field(default_factory=list)  # (at, kind, owner)
+    #: (at, kind, owner, the lock names it may delay: None for every one)
+    events: list[tuple[float, str, str, frozenset[str] | None]] = field(default_factory=list)
+    dead_holder: set[str] = field(default_factory=set)  # masterless spans that met one
+    looked: float = -1.0
     pauses: list[tuple[str, float, float]] = field(default_factory=list)
+    stalls: list[tuple[float, float]] = field(default_factory=list)
     masterless: dict[str, float] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    commands: dict[str, float] = field(default_factory=dict)  # control owner -> receipt
+    changes: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
 
     # -- reporting ---------------------------------------------------------------------
     def fail(self, what: str) -> None:
         self.violations.append(f"t={self.world.sched.time:.3f}: {what}")
 
-    def fault(self, kind: str, owner: str, detail: str = "") -> None:
+    def fault(
+        self, kind: str, owner: str, detail: str = "", scope: frozenset[str] | None = None
+    ) -> None:
         self.counts[kind] += 1
-        self.events.append((self.world.sched.time, kind, owner))
+        self.events.append((self.world.sched.time, kind, owner, scope))
         self.world.sched.trace.append(f"{self.world.sched.time:9.3f} FAULT {kind} {owner} {detail}")
 
     def paused(self, owner: str, start: float, end: float) -> None:
         self.pauses.append((owner, start, end))
-        self.fault("pause", owner, f"until {end:.3f}")
+        self.fault("pause", owner, f"until {end:.3f}", self.scope_of(owner))
+
+    def scope_of(self, owner: str) -> frozenset[str]:
+        """The lock names a fault of this worker may delay: those its leases or terms name."""
+        worker = next((w for w in self.world.workers if w.owner == owner), None)
+        if worker is None:
+            return frozenset()
+        with self.world.sched.atomic():
+            leases = self.world.store.read()
+        named = {n for n, lease in leases.items() if lease.holder == str(worker.holder)}
+        running = {t.lock for t in self.terms.values() if t.owner == owner and t.open}
+        return frozenset(named | running)
 
     def stalled(self, start: float, end: float) -> None:
         """The whole host stalled inside one step: every worker was paused for it."""
         for w in self.world.live():
             self.pauses.append((w.owner, start, end))
+        self.stalls.append((start, end))
         self.fault("stall", "*", f"{end - start:.3f}s")
 
     def _paused_within(self, owner: str, a: float, b: float) -> bool:
@@ -172,7 +209,29 @@ class Checks:
                 if term is not None and not term.start_done:
                     self.fail(f"S1: {owner} freed {lock!r} epoch {epoch} while its start() runs")
         elif name == "set_enabled":
-            self.enabled[args[0]] = result[1].enabled
+            self._changed(owner, args[0], result)
+
+    def command_received(self, owner: str, at: float) -> None:
+        self.commands[owner] = at
+
+    def _changed(self, owner: str, lock: str, result: Any) -> None:
+        """One command, one effect: a command's statement never lands over a newer change."""
+        changed, lease = result
+        self.enabled[lock] = lease.enabled
+        if not changed:
+            if owner in self.commands:
+                self.counts["late commands refused"] += 1
+            return
+        received = self.commands.get(owner)
+        if received is not None:
+            newer = [o for t, o in self.changes[lock] if t > received and o != owner]
+            if newer:
+                self.fail(
+                    f"one command, two effects: {owner}'s statement changed {lock!r} over a "
+                    f"change {newer[-1]} made after the command was received at {received:.3f}"
+                )
+            self.counts["late commands applied"] += 1
+        self.changes[lock].append((self.world.sched.time, owner))
 
     def _acquired(self, owner: str, won: dict[str, int]) -> None:
         now = self.world.sched.time
@@ -194,6 +253,9 @@ class Checks:
         for err in world.sched.errors:
             self.fail(f"a thread died: {err[1]} {err[2]}: {err[3]!r}")
         world.sched.errors.clear()
+        if now - self.looked < RESOLUTION:  # the bounds below are tenths of seconds and up
+            return bool(self.violations)
+        self.looked = now
         for w in world.live():
             for lk in w.elector.locks.values():
                 if not lk.held:
@@ -218,21 +280,56 @@ class Checks:
             )
             if not eligible or mastered:
                 self.masterless.pop(lock, None)
+                self.dead_holder.discard(lock)
                 continue
-            since = self.masterless.setdefault(lock, now)
-            if now - since > self.allowed(since, now) and since >= 0:
+            if lock not in self.masterless:
+                self.masterless[lock] = now
+                if self._holder_gone(lock):
+                    self.dead_holder.add(lock)
+            since = self.masterless[lock]
+            if now - since > self.allowed(lock, since, now):
                 self.fail(f"liveness: {lock!r} without a master for {now - since:.2f}s")
                 self.masterless[lock] = now  # report each span once
 
-    def allowed(self, since: float, now: float) -> float:
-        """How long a lock may go without a master, given the faults around ``since``."""
+    def _holder_gone(self, lock: str) -> bool:
+        """The lease names a worker that is gone or paused: it must be waited out for a ttl."""
+        with self.world.sched.atomic():
+            lease = self.world.store.read([lock]).get(lock)
+        if lease is None or lease.holder is None:
+            return False
+        now = self.world.sched.time
+        running = {
+            str(w.holder)
+            for w in self.world.live()
+            if self.world.sched.paused.get(w.owner, 0) <= now
+        }
+        return lease.holder not in running
+
+    def allowed(self, lock: str, since: float, now: float) -> float:
+        """How long ``lock`` may go without a master, given the faults that may delay it.
+
+        A round trip's worth (check interval, heartbeat, the spread's grace)
+        always, a failed statement's back-off after one; a silent holder's ttl once a fault
+        that may delay this lock (or every lock) lands near the span, or the
+        span began facing a gone holder's lease; plus outages and host stalls.
+        """
         s = self.world.settings
-        bound = s.heartbeat_interval + 3 * s.check_interval + MAX_BACKOFF + 0.5
+        bound = s.heartbeat_interval + 3 * s.check_interval + 0.5
         window = since - s.ttl - s.heartbeat_interval
-        if any(window <= at <= now and kind in HARD for at, kind, _ in self.events):
+        if any(window <= at <= now and kind == "fail" for at, kind, _, _ in self.events):
+            bound += MAX_BACKOFF  # a standby whose round failed backs off before it looks again
+        hit = lock in self.dead_holder or any(
+            window <= at <= now and kind in HARD and (scope is None or lock in scope)
+            for at, kind, _, scope in self.events
+        )
+        if hit:
             bound += s.init_delay + s.ttl + s.check_interval + s.heartbeat_interval
-        for a, b in self.world.faults.outages:
+        for a, b in [*self.world.faults.outages, *self.stalls]:
             bound += max(0.0, min(b, now) - max(a, window))
-        for _, a, b in self.pauses:
-            bound += max(0.0, min(b, now) - max(a, window))
+        for owner, a, b in self.pauses:
+            if owner in self.gone_owners(lock):
+                bound += max(0.0, min(b, now) - max(a, window))
         return bound
+
+    def gone_owners(self, lock: str) -> set[str]:
+        return {t.owner for t in self.terms.values() if t.lock == lock}

@@ -10,6 +10,7 @@ operator commands (disable then enable, release, forget) at any moment.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
 from collections.abc import Callable
@@ -20,12 +21,14 @@ from sqlalchemy.exc import OperationalError
 
 from bench.sim.sched import Scheduler, SimRuntime
 from bench.sim.world import Faults, SimStore, SimWorker, World
+from celery_master.ops.watch import silent_for_a_ttl
 from celery_master.settings import JobSettings
+from celery_master.worker.commands import enabled_command
 
 __all__ = ["TIMINGS", "Run", "simulate"]
 
 # (init_delay, check, heartbeat, retries): the defaults, and ttl well above the hint-free bound
-TIMINGS = [(1.0, 1.0, 1.0, 3), (0.5, 0.5, 1.0, 7), (1.0, 1.0, 2.0, 3), (0.2, 0.2, 0.5, 4)]
+TIMINGS = [(1.0, 1.0, 1.0, 3), (0.5, 0.5, 1.0, 9), (1.0, 1.0, 2.0, 3), (0.2, 0.2, 0.5, 4)]
 LOCKS = ["A", "B", "C", "D"]
 KINDS = [
     "pause",
@@ -38,6 +41,7 @@ KINDS = [
     "join",
     "leave",
     "dbclock",
+    "late-command",
 ]
 
 
@@ -130,18 +134,21 @@ def _fault(
             world.checks.fault("dbclock", "db", f"offset {world.db_offset:+.0f}s")
         elif kind in ("disable", "release", "forget"):
             _operator(world, rng, kind, rng.choice(locks))
+        elif kind == "late-command" and live:
+            _late_command(world, rng, rng.choice(live), rng.choice(locks))
 
     return act
 
 
 def _take_down(world: World, w: SimWorker, kind: str) -> None:
     if kind == "crash":
+        scope = world.checks.scope_of(w.owner)
         _exit(world, w)
-        world.checks.fault("crash", w.owner)
+        world.checks.fault("crash", w.owner, "", scope)
     else:  # SIGTERM: the step hands over, then the process is gone
         w.leaving = True
         w.elector.begin_handover()
-        world.checks.fault("graceful", w.owner)
+        world.checks.fault(kind, w.owner, "", world.checks.scope_of(w.owner))
 
         exit_at = world.sched.time + 3 * world.settings.heartbeat_interval + 2
         world.sched.at(exit_at, lambda: _exit(world, w))
@@ -175,29 +182,73 @@ def _operator(world: World, rng: random.Random, kind: str, lock: str) -> None:
 
     def command() -> None:
         if kind == "disable":
-            world.checks.fault("disable", "op", lock)
+            world.checks.fault("disable", "op", lock, frozenset([lock]))
             retried(lambda: store.set_enabled(lock, False, "sim", "drill"))
             world.sched.block(
                 "disabled for a while", until=world.sched.time + rng.uniform(0.5, 2) * s.ttl
             )
             retried(lambda: store.set_enabled(lock, True, "sim", None))
         elif kind == "release":
-            world.checks.fault("release", "op", lock)
+            world.checks.fault("release", "op", lock, frozenset([lock]))
             retried(lambda: store.request_release(lock, "sim"))
         else:  # as `celery master forget` does: a held lease is watched for its ttl first
-            world.checks.fault("forget", "op", lock)
+            world.checks.fault("forget", "op", lock, frozenset([lock]))
             lease = retried(lambda: store.read([lock])).get(lock)  # type: ignore[attr-defined]
+            if lease is None:
+                return
             seen = None
-            if lease is not None and lease.holder is not None:
-                until = world.sched.time + (lease.ttl or s.ttl)
-                while world.sched.time < until:
-                    world.sched.block("forget watches the holder", until=world.sched.time + 0.2)
-                    now = retried(lambda: store.read([lock])).get(lock)  # type: ignore[attr-defined]
-                    if now is None or (now.epoch, now.renewals) != (lease.epoch, lease.renewals):
-                        return
-                seen = (lease.epoch, lease.renewals)
+            if lease.holder is not None:
+                seen = silent_for_a_ttl(
+                    store,  # type: ignore[arg-type]
+                    lease,
+                    clock=lambda: world.sched.time,
+                    sleep=lambda d: world.sched.block("forget watches", until=world.sched.time + d),
+                )
+                if seen is None:
+                    return
             retried(lambda: store.forget(lock, "sim", seen))
         for w in world.live():
             w.elector.wake([lock])
 
     SimRuntime(world.sched, "op").spawn(command, f"operator-{kind}")
+
+
+def _late_command(world: World, rng: random.Random, worker: SimWorker, lock: str) -> None:
+    """A bare ``mastercontrol disable`` whose statement runs late, and an ``enable`` meanwhile.
+
+    The worker's control thread runs the package's own command (worker/commands.py)
+    after a slow database; the operator's ``celery master enable`` lands between its
+    receipt and its statement. One command, one effect: the late disable must not
+    undo the enable (checks.py judges every such statement against its receipt).
+    """
+    sched = world.sched
+    received = sched.time
+    owner = f"ctl-{worker.owner}-{received:.3f}"
+    world.checks.command_received(owner, received)
+    store = SimStore(world, owner, faulty=False)
+    slow = rng.uniform(0.2, 3.0)
+    apply = enabled_command(
+        set(worker.locks),
+        lock,
+        False,
+        "unknown (celery control)",
+        "late",
+        received,
+        now=lambda: sched.time,
+    )
+
+    def statement() -> None:
+        sched.block("control statement waits on a slow database", until=sched.time + slow)
+        with contextlib.suppress(OperationalError):  # the database was down: nothing applied
+            apply(store, str(worker.holder))  # type: ignore[arg-type]
+
+    def operator_enable() -> None:
+        with contextlib.suppress(OperationalError):
+            SimStore(world, "op", faulty=False).set_enabled(lock, True, "sim", None)
+
+    world.checks.fault("late-command", owner, lock, frozenset([lock]))
+    SimRuntime(sched, owner).spawn(statement, "control-disable")
+    sched.at(
+        received + rng.uniform(0.0, slow),
+        lambda: SimRuntime(sched, "op").spawn(operator_enable, "operator-enable"),
+    )

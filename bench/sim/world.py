@@ -130,7 +130,7 @@ class World:
         worker = SimWorker(self, node, locks, generation)
         self.workers.append(worker)
         if self.sched.time > 0:
-            self.checks.fault("join", worker.owner)
+            self.checks.fault("join", worker.owner, "", frozenset())
         worker.elector.start()
         return worker
 
@@ -194,7 +194,7 @@ class World:
             self.checks.fault("fail", owner, name)
             raise db_error("statement failed")
         if faulty and self._behind_a_fence(name, args) and rng.random() < f.takeover_wait:
-            self.checks.fault("takeover-wait", owner, name)
+            self.checks.fault("takeover-wait", owner, name, frozenset(args[2]))
             sched.block(
                 "takeover waits on a fence", until=sched.time + self.settings.heartbeat_interval
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, false, or_, true
+from sqlalchemy import Engine, and_, false, literal, or_, true
 from sqlalchemy.sql import ColumnElement
 
 from .floors import raise_floor
@@ -33,11 +33,19 @@ class OperatorStatements:
 
         def read(self, lock_names: Iterable[str] | None = None) -> dict[str, Lease]: ...
 
-    def _not_stale(self, issued_at: float | None) -> ColumnElement[bool]:
-        """A command issued before the lock's last change must not undo that change."""
-        if issued_at is None:
+    def _not_stale(self, received_ago: float | None) -> ColumnElement[bool]:
+        """A command must not undo a change made after it was received.
+
+        ``received_ago``: seconds since the command was received, on the
+        receiving worker's monotonic clock; the lock must not have changed
+        since database time ``now - received_ago``. So a command whose
+        statement runs late (after its reply said the outcome was unknown)
+        still cannot undo a newer change. No time a sender wrote is trusted.
+        """
+        if received_ago is None:
             return true()
-        return or_(LEASE.c.changed_at.is_(None), LEASE.c.changed_at <= issued_at)
+        since = self.now - literal(max(0.0, float(received_ago)))
+        return or_(LEASE.c.changed_at.is_(None), LEASE.c.changed_at <= since)
 
     def set_enabled(
         self,
@@ -45,7 +53,7 @@ class OperatorStatements:
         enabled: bool,
         who: str,
         reason: str | None,
-        issued_at: float | None = None,
+        received_ago: float | None = None,
     ) -> tuple[bool, Lease]:
         """Persist enabled/disabled; returns (changed, lease). Idempotent across workers."""
         self.ensure_rows([lock_name])
@@ -55,7 +63,7 @@ class OperatorStatements:
                 .where(
                     LEASE.c.lock_name == lock_name,
                     LEASE.c.enabled == (not enabled),
-                    self._not_stale(issued_at),
+                    self._not_stale(received_ago),
                 )
                 .values(enabled=enabled, changed_at=self.now, changed_by=who, reason=reason)
             ).rowcount
@@ -68,7 +76,7 @@ class OperatorStatements:
         self,
         lock_name: str,
         who: str,
-        issued_at: float | None = None,
+        received_ago: float | None = None,
         holder: str | None = None,
         epoch: int | None = None,
     ) -> tuple[bool, Lease | None]:
@@ -86,7 +94,7 @@ class OperatorStatements:
                     LEASE.c.holder.is_not(None),
                     term,
                     LEASE.c.release_requested == false(),
-                    self._not_stale(issued_at),
+                    self._not_stale(received_ago),
                 )
                 .values(release_requested=true(), changed_at=self.now, changed_by=who)
             ).rowcount

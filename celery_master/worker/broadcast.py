@@ -22,9 +22,14 @@ from typing import Any
 from celery import bootsteps
 from celery.worker.consumer.control import Control
 
-__all__ = ["BroadcastStep", "Broadcasts"]
+from .. import clock
+
+__all__ = ["CLOCK_SKEW", "BroadcastStep", "Broadcasts"]
 
 logger = logging.getLogger(__name__)
+#: senders' and workers' wall clocks may differ by this much before a broadcast counts as late
+CLOCK_SKEW = 1.0
+REPLY_MARGIN = 0.1  # a reply needs this long to reach its sender
 
 
 class Broadcasts:
@@ -33,7 +38,8 @@ class Broadcasts:
     def __init__(self, consumer: Any) -> None:
         self.consumer = consumer
         self.expires: float | None = None
-        self.received: float | None = None
+        self.received: float | None = None  # wall clock, to compare with the sender's expires
+        self.received_mono: float | None = None  # this worker's clock: what a command is held to
         #: the one command of this worker still waiting for the lease database
         self.pending: Future[Any] | None = None
         self.lock = threading.Lock()
@@ -59,7 +65,7 @@ class Broadcasts:
 
         Never raises: an exception here would keep Celery from dispatching the message.
         """
-        self.received = time.time()
+        self.received, self.received_mono = time.time(), clock.now()
         try:
             expires = (getattr(message, "headers", None) or {}).get("expires")
         except Exception:  # a transport's odd message object: treat as no header
@@ -73,11 +79,23 @@ class Broadcasts:
         message) counts as not expired: applied as before.
         """
         if not self.attach():
-            self.expires = self.received = None  # the stamp would be of another message
+            self.expires = self.received = self.received_mono = None  # another message's stamp
             return None
-        if self.expires is None or self.received is None or self.received <= self.expires:
+        if self.expires is None or self.received is None:
+            return None
+        if self.received <= self.expires + CLOCK_SKEW:
             return None
         return self.received - self.expires
+
+    def received_at(self) -> float:
+        """When the broadcast in hand arrived, on this worker's monotonic clock (now if unknown)."""
+        return clock.now() if self.received_mono is None else self.received_mono
+
+    def time_left(self, at_most: float) -> float:
+        """How long a reply may wait and still reach its sender (it stops at ``expires``)."""
+        if self.expires is None:
+            return at_most
+        return max(0.0, min(at_most, self.expires - time.time() - REPLY_MARGIN))
 
 
 class BroadcastStep(bootsteps.StartStopStep):

@@ -10,15 +10,14 @@ shape. State lives in SQL; a broadcast only makes workers react at once.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from celery.worker.control import control_command, inspect_command, nok, ok
-from sqlalchemy.exc import SQLAlchemyError
 
+from .. import clock
 from ..errors import ConfigurationError
 from ..jobs.job import validate_lock_name
-from ..store.leases import LeaseStore
+from .commands import SQL_WAIT, enabled_command, release_command, submit
 
 __all__ = [
     "ACTIONS",
@@ -35,7 +34,6 @@ HINT_COMMAND = "master_hint"
 ACTIONS = ("disable", "enable", "release", "status")
 MAX_REASON = 500
 MAX_WHO = 255  # the changed_by and holder columns
-SQL_WAIT = 2.0  # below the client's default_timeout below, so the reply arrives
 UNKNOWN_WHO = "unknown (celery control)"
 
 
@@ -104,17 +102,19 @@ def mastercontrol(
     action: str | None = None,
     lock_name: str | None = None,
     reason: str | None = None,
-    issued_at: float | None = None,
     who: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Disable, enable or release a master job cluster-wide (persisted in SQL), or show status.
 
     One operator command has one effect: a broadcast read after its kombu
-    ``expires`` is refused (``celery master ...`` is the exact path), a
-    ``release`` is acted on only by the worker holding the lock at receipt,
-    and while one command waits for the lease database the next is refused at
-    once, so a storm never holds Celery's main loop for more than one wait.
+    ``expires`` (plus the allowed clock skew) is refused (``celery master ...``
+    is the exact path); its statement may not change a lock that changed
+    after its receipt, however late it runs (commands.py); a ``release`` is
+    acted on only by the worker holding the lock at receipt; while one
+    command waits for the lease database the next is refused at once, so a
+    storm never holds Celery's main loop for more than one wait. Nothing a
+    sender writes into the arguments is trusted: an ``issued_at`` is ignored.
     """
     elector = _elector(state)
     if elector is None:
@@ -131,13 +131,15 @@ def mastercontrol(
         return nok(str(exc))
     broadcasts = getattr(state.consumer, "master_broadcasts", None)
     late = broadcasts.expired_for() if broadcasts is not None else None
-    if late is not None and issued_at is None:
+    received = broadcasts.received_at() if broadcasts is not None else clock.now()
+    if late is not None:
         logger.info("refused a mastercontrol %s of %r read %.1fs late", action, name, late)
         return nok(
             f"refused: this {action} of {name!r} arrived {late:.1f}s after it expired (its "
             "sender had stopped waiting) and could undo a later change; use "
             f"`celery master {action} {name}`, which applies exactly once"
         )
+    wait = broadcasts.time_left(SQL_WAIT) if broadcasts is not None else SQL_WAIT
     if action == "release":
         if name not in elector.locks:
             return nok(f"unknown lock name {name!r}: this worker knows {sorted(elector.locks)}")
@@ -151,78 +153,10 @@ def mastercontrol(
                     "detail": "this worker does not hold it; only its holder acts on a release",
                 }
             )
-        apply = _release(name, who, issued_at, view["epoch"])
+        apply = release_command(name, who, view["epoch"], received)
     else:
-        apply = _set_enabled(elector, name, action, who, why, issued_at)
-    return _submit(elector, _offload(state), broadcasts, name, apply)
-
-
-def _release(name: str, who: str, issued_at: float | None, epoch: int) -> Any:
-    def apply(store: LeaseStore, holder: str) -> dict[str, Any]:
-        changed, lease = store.request_release(name, who, issued_at, holder=holder, epoch=epoch)
-        if not changed:
-            return ok(
-                {
-                    "lock_name": name,
-                    "release_requested": bool(lease and lease.release_requested),
-                    "by_this_call": False,
-                    "detail": "already requested, or this worker's term ended meanwhile",
-                }
-            )
-        return ok(
-            {"lock_name": name, "release_requested": True, "by_this_call": True, "holder": holder}
-        )
-
-    return apply
-
-
-def _set_enabled(
-    elector: Any, name: str, action: str, who: str, why: str | None, issued_at: float | None
-) -> Any:
-    known = name in elector.locks
-
-    def apply(store: LeaseStore, holder: str) -> dict[str, Any]:
-        if not known and name not in store.read([name]) and action != "disable":
-            return nok(f"unknown lock name {name!r}: known are {sorted(elector.locks)}")
-        changed, lease = store.set_enabled(name, action == "enable", who, why, issued_at)
-        if not changed and lease.enabled != (action == "enable"):
-            return nok(f"stale {action} of {name!r} ignored: the lock changed after it was issued")
-        reply: dict[str, Any] = {
-            "lock_name": name,
-            "enabled": lease.enabled,
-            "by_this_call": changed,
-            "reason": lease.reason,
-        }
-        if not known:
-            reply["warning"] = f"no worker here registers {name!r}; the state is persisted"
-        return ok(reply)
-
-    return apply
-
-
-def _submit(elector: Any, offload: Any, broadcasts: Any, name: str, apply: Any) -> dict[str, Any]:
-    """Hand ``apply`` to the worker's control thread; one command pending per worker."""
-    holder = elector.holder_id
-    if broadcasts is not None:
-        with broadcasts.lock:
-            pending = broadcasts.pending
-            if pending is not None and not pending.done():
-                return nok(
-                    "refused: an earlier mastercontrol command still waits for the lease "
-                    "database on this worker; retry when it has answered"
-                )
-            future = broadcasts.pending = offload.submit(lambda store: apply(store, holder))
-    else:
-        future = offload.submit(lambda store: apply(store, holder))
-    try:
-        reply: dict[str, Any] = future.result(timeout=SQL_WAIT)
-    except FutureTimeout:
-        return nok(f"the lease database did not answer within {SQL_WAIT:.0f}s; retry later")
-    except SQLAlchemyError as exc:
-        return nok(f"the lease database failed: {type(exc).__name__}; retry later")
-    if "ok" in reply:
-        elector.wake([name])
-    return reply
+        apply = enabled_command(elector.locks, name, action == "enable", who, why, received)
+    return submit(elector, _offload(state), broadcasts, name, apply, wait)
 
 
 def broadcast_hint(app: Any, lock_names: list[str]) -> None:

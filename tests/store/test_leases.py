@@ -88,12 +88,14 @@ def test_history_records_elections_in_order(store: LeaseStore):
 
 
 def test_enable_and_disable_are_idempotent_and_stale_commands_are_ignored(store: LeaseStore):
-    issued = store.db_time()
-    assert store.set_enabled("A", False, "ops", "maintenance", issued_at=issued)[0]
+    received = time.monotonic()
+    assert store.set_enabled("A", False, "ops", "maintenance", received_ago=0.0)[0]
     assert not store.set_enabled("A", False, "ops2", "again")[0], "already disabled"
+    time.sleep(0.05)  # the enable comes after the late disable below was received
     assert store.set_enabled("A", True, "ops", None)[0]
-    changed, lease = store.set_enabled("A", False, "replay", "old", issued_at=issued)
-    assert not changed and lease.enabled, "a replayed disable must not undo a later enable"
+    ago = time.monotonic() - received
+    changed, lease = store.set_enabled("A", False, "late", "old", received_ago=ago)
+    assert not changed and lease.enabled, "a late disable must not undo a later enable"
     assert [h["event"] for h in store.history("A")] == ["enabled", "disabled"]
     assert store.set_enabled("NEW", False, "ops", "before any worker")[1].enabled is False
 
