@@ -271,8 +271,10 @@ class Checks:
     def _liveness(self, now: float) -> None:
         names = {n for w in self.world.workers for n in w.locks}
         for lock in sorted(names):
+            paused = self.world.sched.paused
             eligible = self.enabled.get(lock, True) and any(
-                lock in w.locks and not w.leaving for w in self.world.live()
+                lock in w.locks and not w.leaving and paused.get(w.owner, 0.0) <= now
+                for w in self.world.live()
             )
             mastered = any(
                 t.lock == lock and t.open and not t.ctx._revoked and now < t.ctx.deadline
@@ -316,8 +318,13 @@ class Checks:
         s = self.world.settings
         bound = s.heartbeat_interval + 3 * s.check_interval + 0.5
         window = since - s.ttl - s.heartbeat_interval
-        if any(window <= at <= now and kind == "fail" for at, kind, _, _ in self.events):
-            bound += MAX_BACKOFF  # a standby whose round failed backs off before it looks again
+        runners = {w.owner for w in self.world.workers if lock in w.locks}
+        fails = sum(
+            1
+            for at, kind, owner, _ in self.events
+            if kind == "fail" and owner in runners and window <= at <= now
+        )
+        bound += fails * MAX_BACKOFF  # a round that failed backs off before it looks again
         hit = lock in self.dead_holder or any(
             window <= at <= now and kind in HARD and (scope is None or lock in scope)
             for at, kind, _, scope in self.events

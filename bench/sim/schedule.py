@@ -198,11 +198,15 @@ def _operator(world: World, rng: random.Random, kind: str, lock: str) -> None:
                 return
             seen = None
             if lease.holder is not None:
-                seen = silent_for_a_ttl(
-                    store,  # type: ignore[arg-type]
-                    lease,
-                    clock=lambda: world.sched.time,
-                    sleep=lambda d: world.sched.block("forget watches", until=world.sched.time + d),
+                seen = retried(  # type: ignore[assignment]
+                    lambda: silent_for_a_ttl(
+                        store,  # type: ignore[arg-type]
+                        lease,
+                        clock=lambda: world.sched.time,
+                        sleep=lambda d: world.sched.block(
+                            "forget watches", until=world.sched.time + d
+                        ),
+                    )
                 )
                 if seen is None:
                     return

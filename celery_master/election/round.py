@@ -26,6 +26,10 @@ __all__ = ["Round", "RoundParts"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+#: hints coalesce: the first after a quiet spell acts at once, a storm gets one round per 50 ms,
+#: so junk hints cost the database at most 20 round trips a second per worker and a real
+#: release waits at most this long behind them
+HINT_SPACING = 0.05
 
 
 @dataclass
@@ -63,9 +67,10 @@ class Round:
         self.next_tick = 0.0
         self.next_member = 0.0
         self.refreshes = 0
-        self.published = -1  # the load in this worker's member row
+        self.published: tuple[int, dict[str, int]] = (-1, {})  # this worker's member row
         self._yield_after = 0.0
         self._hinted: set[str] = set()
+        self._hint_gate = 0.0  # hint-driven rounds wait until then (the first acts at once)
         self._lock = runtime.lock()
         self.takeovers = Takeovers(
             parts.store, parts.holder_id, parts.clock, runtime, parts.terms.wake
@@ -85,8 +90,13 @@ class Round:
         self.next_tick = min(self.next_tick, self._next_due(now))  # a freed name is due now
         with self._lock:
             hinted, self._hinted = self._hinted, set()
+            if hinted and now < self.next_tick and now < self._hint_gate:
+                self._hinted = hinted  # a storm of hints: at most one round per spacing
+                return min(self.next_tick, self._hint_gate)
         if not hinted and now < self.next_tick:
             return self.next_tick
+        if hinted:
+            self._hint_gate = now + HINT_SPACING
         held = [lk for lk in locks if lk.held]
         wanted = [lk for lk in locks if lk.wanted and lk.name not in self.takeovers.pending]
         take = [
@@ -98,10 +108,13 @@ class Round:
         ]
         renew = {lk.name: self._renewal(lk, now) for lk in held}
         load = sum(lk.weight for lk in locks if lk.role is Role.MASTER)
-        # a changed load is published in this round: peers' spread must not act on a stale one
-        member = (
-            self._member_beat(load) if now >= self.next_member or load != self.published else None
-        )
+        able = {  # weight 0: runs it, but may not take it now (start failures, a hold-off)
+            lk.name: lk.weight if now >= lk.hold_off_until and not lk.start_failures else 0
+            for lk in locks
+        }
+        # a changed row is published in this round: peers' spread must not act on a stale one
+        due = now >= self.next_member or (load, able) != self.published
+        member = self._member_beat(load, able) if due else None
         ttls = {lk.name: lk.settings.ttl for lk in locks}
         sent = e.clock()
         try:
@@ -120,7 +133,7 @@ class Round:
         if result.members is not None:
             assert member is not None
             self.refreshes += 1
-            self.published = member.held
+            self.published = (member.held, dict(member.locks))
             self.next_member = arrived + self.member_period
             e.spread.update(result.members)
         self._judge([lk for lk in wanted if lk.name not in result.taken], result.leases, arrived)
@@ -138,13 +151,13 @@ class Round:
         at, within = progress
         return Renewal(lk.epoch, max(0.0, now - at), within)
 
-    def _member_beat(self, held: int) -> MemberBeat:
+    def _member_beat(self, held: int, able: dict[str, int]) -> MemberBeat:
         e = self.e
         return MemberBeat(
             e.holder_id,
             e.holder.node_name[:255],
             e.spread.app[:255],
-            e.spread.locks,
+            able,
             held,
             self.member_window,
             prune=self.refreshes % 20 == 0,
@@ -239,16 +252,7 @@ class Round:
 
     def collect_takeover(self, leaving: bool) -> None:
         """Start the terms a finished takeover won (or free them at once when leaving)."""
-        done = self.takeovers.collect()
-        if done is None:
-            return
-        won, sent = done
-        for name, epoch in won.items():
-            lk = self.e.locks[name]
-            if leaving or not lk.wanted:
-                lk.epoch, lk.stop_reason = epoch, "won while leaving"  # free_stopped frees it
-            else:
-                self.e.terms.begin(lk, epoch, sent)
+        self.takeovers.settle(self.e.locks, self.e.terms, leaving)
 
     def renewal_due(self, now: float) -> float:
         """When the next renewal must be sent: no failed statement may push a round past it."""

@@ -79,8 +79,13 @@ class Spread:
                     )
 
     def candidates(self, lock_name: str) -> list[Member]:
-        """Other live workers that run ``lock_name``."""
-        return [m for m in self.others if lock_name in m.locks]
+        """Other live workers that run ``lock_name`` and can take it now.
+
+        A worker publishes weight 0 for a lock name it runs but may not take
+        yet (its start() failed and it backs off, or it is in a hold-off):
+        handing a lease to it would leave the lock masterless for nothing.
+        """
+        return [m for m in self.others if m.locks.get(lock_name, 0) > 0]
 
     def deferred(self, lock_name: str, prefer: str | None) -> bool:
         """True if ``prefer`` names another live candidate of this lock and not this worker."""

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 
 from ..runtime import Runtime
 from ..store.leases import LeaseStore
+from .lockstate import LockState
+from .terms import Terms
 
 __all__ = ["Takeovers"]
 
@@ -57,6 +59,19 @@ class Takeovers:
             with self._lock:
                 self._won = (won, sent)
             self.wake()
+
+    def settle(self, locks: Mapping[str, LockState], terms: Terms, leaving: bool) -> None:
+        """Start the terms the finished takeover won; when leaving, free them unstarted."""
+        done = self.collect()
+        if done is None:
+            return
+        won, sent = done
+        for name, epoch in won.items():
+            lk = locks[name]
+            if leaving or not lk.wanted:
+                lk.epoch, lk.stop_reason = epoch, "won while leaving"  # free_stopped frees it
+            else:
+                terms.begin(lk, epoch, sent)
 
     def collect(self) -> tuple[dict[str, int], float] | None:
         """What the finished takeover won and when it was sent; its names may be judged again."""

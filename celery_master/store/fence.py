@@ -28,12 +28,13 @@ def explain_fence_errors(conn: Connection, lock_name: str, epoch: int, hold_ms: 
     engine = conn.engine
     if not event.contains(engine, "handle_error", _explain):
         event.listen(engine, "handle_error", _explain)
-        event.listen(engine, "commit", _forget)
-        event.listen(engine, "rollback", _forget)
+        event.listen(engine, "begin", _forget)
     conn.info[KEY] = (lock_name, epoch, hold_ms)
 
 
 def _forget(conn: Connection) -> None:
+    """A new transaction is not fenced. Kept until then, not dropped at commit: the commit
+    itself is where a transaction the server ended fails, and that error is explained too."""
     if not conn.invalidated:  # an invalidated connection's info is gone with it
         conn.info.pop(KEY, None)
 

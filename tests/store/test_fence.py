@@ -102,3 +102,19 @@ def test_a_fenced_transaction_busy_for_two_heartbeats_does_not_stop_its_own_mast
     finally:
         elector.stop(timeout=5)
         engine.dispose()
+
+
+def test_a_commit_after_the_server_ended_an_idle_fenced_transaction_raises_not_master(
+    store: LeaseStore, pg_url: str
+):
+    """Regression: the commit's failure came out as a bare OperationalError (and a job that
+    let it escape counted as a start failure) instead of the NotMaster docs/fencing.md says."""
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        tx = conn.begin()
+        store.fence(conn, "A", 1, "h1", hold_ms=300)
+        conn.execute(text("SELECT 1"))  # the job's write, then it idles before committing
+        time.sleep(1.5)
+        with pytest.raises(NotMaster, match="short and busy"):
+            tx.commit()
+    engine.dispose()

@@ -146,7 +146,7 @@ class BeatJob:
             try:
                 delay = float(scheduler.tick())
             except Exception as exc:
-                scheduler._heap = None  # a slot popped by the failed tick goes back
+                scheduler._heap = None  # rebuilt from the schedule (what was reserved stays so)
                 if not failing:
                     logger.exception("beat of %r: a tick failed; retrying", self.lock_name)
                 failing = True

@@ -11,7 +11,10 @@ django-celery-beat uses it. What changes, and why:
   logged once per state change and shown through ``ctx.report_error``.
 * A publish that fails after its reservation is retried, with the same task
   id, until the broker answers or the term ends; the term is re-checked right
-  before every attempt, and each message carries the headers
+  before every attempt. A slot whose message cannot be built (its arguments do
+  not serialize, its task rejects them) is not retried: sending it again would
+  fail again. It is reported (an ERROR naming the entry, ``job_error``) and
+  counts as sent, as in Celery's own beat. Each message carries the headers
   ``celery_master_lock_name`` and ``celery_master_epoch`` for consumers to fence on.
 * At set-up (each takeover) the slots missed during the gap follow the
   entry's misfire policy (``once`` or ``skip``) and the takeover is recorded
@@ -79,6 +82,7 @@ class MasterScheduler(Scheduler):
         self.state = state
         self.misfire = dict(misfire or {})
         self._failing: str | None = None  # what is failing now: logged once per change
+        self._unsendable_entries: set[str] = set()  # entries whose last slot could not be built
         self._retry = RETRY_FIRST
         super().__init__(*args, **kwargs)
 
@@ -168,8 +172,15 @@ class MasterScheduler(Scheduler):
                 if self.ctx.stopping.wait(self._failed("broker", exc)):
                     continue  # the check above logs the lost slot
                 self.ctx.alive(within=self.alive_within)
+            except Exception as exc:  # the message itself cannot be built: not a fault to wait out
+                self._unsendable(entry, exc)
+                return
             else:
                 self._recovered("broker")
+                if entry.name in self._unsendable_entries:
+                    self._unsendable_entries.discard(entry.name)
+                    self.ctx.report_error(None)
+                    logger.warning("beat of %r: %r is sent again", self.state.lock_name, entry.name)
                 return
 
     def apply_async(
@@ -195,6 +206,20 @@ class MasterScheduler(Scheduler):
         if task is not None:
             return task.apply_async(args, kw, producer=producer, **options)
         return self.send_task(entry.task, args, kw, producer=producer, **options)
+
+    def _unsendable(self, entry: ScheduleEntry, exc: Exception) -> None:
+        """One slot lost to its own message: said once per entry until one is sent again."""
+        if entry.name not in self._unsendable_entries:
+            self._unsendable_entries.add(entry.name)
+            logger.error(
+                "beat of %r: slot of %r not sent and not retried: its message cannot be "
+                "built (%s: %s); fix the entry's task, args or serializer",
+                self.state.lock_name,
+                entry.name,
+                type(exc).__name__,
+                exc,
+            )
+        self.ctx.report_error(f"beat: slot of {entry.name!r} not sent: {type(exc).__name__}")
 
     # -- faults we ride out -------------------------------------------------------
     alive_within = 5.0  # set by the job from its loop interval

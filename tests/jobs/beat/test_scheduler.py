@@ -81,3 +81,33 @@ def test_a_stale_term_cannot_reserve_a_slot(sqlite_url):
     assert ctx.is_master(), "by its own clock the old term still runs: only the fence knows"
     with pytest.raises(NotMaster, match="newer epoch"):
         BeatState(store, BEAT_LOCK).reserve(ctx, "a", 0.0, 99)
+
+
+def test_a_slot_whose_message_cannot_be_built_is_reported_and_the_others_still_go(sqlite_url):
+    """Regression: a non-broker error after the reservation (an encode error) escaped the
+    tick; the slot was lost while beat/job.py said it went back, and nothing named it."""
+    from kombu import Connection
+
+    store, ctx = elected(sqlite_url)
+    app = Celery("t", broker="memory://")
+    app.conf.task_serializer = "json"
+    app.conf.beat_schedule = {
+        "bad": {"task": "t.bad", "schedule": 0.2, "args": [object()]},  # not JSON
+        "good": {"task": "t.good", "schedule": 0.2},
+    }
+    job = BeatJob(app, BEAT_LOCK, store)
+    scheduler = job._scheduler(ctx)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and ctx.error is None:
+            time.sleep(max(0.0, min(0.2, scheduler.tick())))
+        assert ctx.error is not None and "'bad' not sent" in ctx.error, ctx.error
+        for _ in range(20):  # the good entry keeps being sent alongside
+            time.sleep(max(0.0, min(0.2, scheduler.tick())))
+        with Connection("memory://") as conn:
+            sent = conn.SimpleQueue("celery").qsize()
+        assert sent >= 1, "the good entry was never sent"
+        stored = BeatState(store, BEAT_LOCK).load()
+        assert "bad" in stored, "the bad slot was reserved (so never sent twice)"
+    finally:
+        scheduler.close()

@@ -1,0 +1,42 @@
+"""One operator command, one effect: a late control statement never undoes a newer change."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+from celery_master.election.elector import Elector
+from celery_master.holder import Holder
+from celery_master.jobs.job import MasterJob
+from celery_master.settings import JobSettings
+from celery_master.store import LeaseStore, create_lease_engine
+from celery_master.worker.control import mastercontrol
+from celery_master.worker.offload import Offload
+
+LOCK = "JOB"
+
+
+def test_a_disable_whose_statement_runs_after_a_later_enable_does_not_undo_it(sqlite_url):
+    """Regression: the reply said the database did not answer, but the statement ran later,
+    unconditionally, and undid the operator's enable (history: disabled, enabled, disabled)."""
+    store = LeaseStore(create_lease_engine(sqlite_url))
+    store.ensure_schema()
+    store.ensure_rows([LOCK])
+    elector = Elector(store, [(MasterJob(LOCK, lambda ctx: None), JobSettings())], Holder("t@h"))
+    offload = Offload(store)
+    controller = SimpleNamespace(master_elector=elector, master_offload=offload)
+    state = SimpleNamespace(consumer=SimpleNamespace(steps=[], controller=controller))
+    stuck = threading.Event()
+    offload.submit(lambda _store: stuck.wait(30))  # the database is slow: the statement waits
+    try:
+        reply = mastercontrol(state, "disable", LOCK, "late")  # received now, applied later
+        store.set_enabled(LOCK, False, "ops", "maintenance")  # `celery master disable`
+        store.set_enabled(LOCK, True, "ops", None)  # `celery master enable`, after the receipt
+    finally:
+        stuck.set()
+    offload.submit(lambda _store: None).result(10)  # one thread: the late statement ran first
+    offload.shutdown()
+    history = [h["event"] for h in store.history(LOCK)]
+    assert store.read([LOCK])[LOCK].enabled, f"the late disable undid the enable: {history}"
+    assert history == ["enabled", "disabled"], history
+    assert "outcome not known yet" in reply["error"] and "celery master status" in reply["error"]
