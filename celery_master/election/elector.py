@@ -68,6 +68,7 @@ class Elector:
         self.tick_period = min(min(s.heartbeat_interval, s.check_interval) for s in timings)
         self._wake = runtime.event()
         self._leaving = runtime.event()
+        self._gone = runtime.event()
         self._thread: TaskLike | None = None
         self.health = DatabaseHealth(mask_url(store.engine.url), self.tick_period)
         self.terms = Terms(
@@ -113,6 +114,16 @@ class Elector:
         self._leaving.set()
         self._wake.set()
 
+    def abandon(self) -> None:
+        """Stop electing at once and release nothing, as a process that dies would.
+
+        The test plugin's ``crash`` uses it: the leases stay held until they
+        run out, and another worker takes over only after the ttl.
+        """
+        self._gone.set()
+        self._wake.set()
+        self.watchdog.stop()
+
     def stop(self, timeout: float | None = None) -> None:
         """Hand over and wait (bounded) for the leases to be freed."""
         self.begin_handover()
@@ -151,7 +162,7 @@ class Elector:
     def _run(self) -> None:
         if self._leaving.wait(self.init_delay) or not self._setup():
             return
-        while True:
+        while not self._gone.is_set():
             self._wake.clear()
             try:
                 if self._leaving.is_set():

@@ -13,6 +13,7 @@ from ..settings import resolve_job_settings
 from ..store.engine import create_lease_engine
 from ..store.leases import Lease, LeaseStore
 from ..worker.registry import jobs_of
+from .faults import Partition, database_outage
 
 __all__ = ["FAST_TIMING", "STALL", "MasterCluster", "MasterWorker", "wait_until"]
 
@@ -50,6 +51,14 @@ class MasterWorker:
         self.controller = controller
         self.running = True
         self._exit = exit_stack
+        self._partition: Partition | None = None
+
+    @property
+    def partition(self) -> Partition:
+        """This worker's connection to the lease database, to cut (``MasterCluster.partition``)."""
+        if self._partition is None:
+            self._partition = Partition(self.controller.master_elector.store.engine)
+        return self._partition
 
     @property
     def hostname(self) -> str:
@@ -154,6 +163,41 @@ class MasterCluster:
 
     def running(self) -> list[MasterWorker]:
         return [w for w in self.workers.values() if w.running]
+
+    # -- faults ------------------------------------------------------------------------
+    def crash(self, worker: MasterWorker | str) -> None:
+        """As ``kill -9``: its jobs end at once, its leases are never released.
+
+        Another worker takes a crashed master's lock over only once the ttl
+        has passed, as in production.
+        """
+        worker = self.workers[worker] if isinstance(worker, str) else worker
+        if not worker.running:
+            return
+        worker.partition.start(None)  # nothing it does reaches the database again
+        elector = worker.controller.master_elector
+        elector.abandon()
+        for lk in elector.locks.values():
+            elector.terms.step_down(lk, "the worker crashed (test)")
+        self.stop_worker(worker)
+
+    def partition(self, worker: MasterWorker | str, seconds: float | None = None) -> None:
+        """Cut one worker off the lease database (for ``seconds``, or until ``heal``).
+
+        Its renewals fail; its job keeps running until the self-stop deadline
+        (heartbeat x retries after its last renewal was sent), then
+        ``ctx.is_master()`` is false and ``stop()`` is called.
+        """
+        worker = self.workers[worker] if isinstance(worker, str) else worker
+        worker.partition.start(seconds)
+
+    def heal(self, worker: MasterWorker | str) -> None:
+        worker = self.workers[worker] if isinstance(worker, str) else worker
+        worker.partition.heal()
+
+    def database_outage(self) -> contextlib.AbstractContextManager[None]:
+        """``with cluster.database_outage(): ...``: the SQLite lease file is unreachable."""
+        return database_outage(self.database_url)
 
     # -- who is master -----------------------------------------------------------
     def master(self, lock_name: str) -> MasterWorker | None:
