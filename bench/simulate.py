@@ -36,11 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="virtual seconds of faults")
     parser.add_argument("--trace", type=int, default=40, help="steps shown before a violation")
     parser.add_argument("--scale", action="store_true", help="the spread at scale instead")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     if args.scale:
         from bench.sim.scale import main as scale
 
-        return scale()
+        return scale(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     began = time.monotonic()
     steps, virtual, faults, counts = 0, 0.0, Counter[str](), Counter[str]()
     for seed in range(args.seed, args.seed + args.schedules):

@@ -114,7 +114,7 @@ def _fault(
         if kind == "pause" and live:
             w = rng.choice(live)
             until = now + rng.uniform(0.2, 2.0) * s.ttl
-            sched.paused[w.owner] = until
+            sched.pause(w.owner, until)
             world.checks.paused(w.owner, now, until)
         elif kind in ("crash", "graceful", "leave") and len(live) > 1:
             w = rng.choice(live)
