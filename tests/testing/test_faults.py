@@ -59,6 +59,7 @@ def test_a_crash_ends_the_job_at_once_and_keeps_the_lease_until_the_ttl(
     master_cluster.crash(w1)
     wait_until(lambda: journal.of("stop", w1.hostname), STALL, "the crashed worker's job to end")
     new = master_cluster.wait_for_master("JOB", other_than=w1)
+    wait_until(lambda: journal.of("start", w2.hostname), STALL, "w2's start() to run")
     took = journal.of("start", w2.hostname)[0][2] - crashed
     assert new is w2 and took >= TTL - HB, f"taken over after {took:.2f}s: the lease was freed"
     events = [h["event"] for h in master_cluster.history("JOB")]
