@@ -66,8 +66,13 @@ def enabled_command(
     action = "enable" if enable else "disable"
 
     def apply(store: LeaseStore, holder: str) -> dict[str, Any]:
-        if name not in known and name not in store.read([name]) and enable:
-            return nok(f"unknown lock name {name!r}: known are {sorted(known)}")
+        if name not in known and name not in store.read([name]):
+            # a broadcast never creates a row: anyone on the broker could fill the table
+            return nok(
+                f"unknown lock name {name!r}: known are {sorted(known)} (the lease database "
+                f"has no row for it either; `celery master {action} {name}` records a lock "
+                "name no worker runs yet)"
+            )
         ago = now() - received
         changed, lease = store.set_enabled(name, enable, who, why, ago)
         if not changed and lease.enabled != enable:

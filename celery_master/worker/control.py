@@ -77,6 +77,10 @@ def _status(elector: Any, lock_name: str | None) -> dict[str, Any]:
     view = elector.snapshot()
     if lock_name is None:
         return ok(view)
+    try:  # a reply never echoes more than a valid lock name (anyone on the broker may ask)
+        lock_name = validate_lock_name(lock_name)
+    except ConfigurationError as exc:
+        return nok(str(exc))
     if lock_name not in view:
         return nok(f"unknown lock name {lock_name!r}: this worker knows {sorted(view)}")
     return ok({lock_name: view[lock_name]})
@@ -120,7 +124,7 @@ def mastercontrol(
     if elector is None:
         return nok("celery-master is not running on this worker (no master job registered)")
     if action not in ACTIONS:
-        return nok(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+        return nok(f"unknown action {str(action)[:40]!r}: use one of {', '.join(ACTIONS)}")
     if action == "status":
         return _status(elector, lock_name)
     try:

@@ -40,3 +40,33 @@ def test_a_disable_whose_statement_runs_after_a_later_enable_does_not_undo_it(sq
     assert store.read([LOCK])[LOCK].enabled, f"the late disable undid the enable: {history}"
     assert history == ["enabled", "disabled"], history
     assert "outcome not known yet" in reply["error"] and "celery master status" in reply["error"]
+
+
+def state_of(sqlite_url):
+    store = LeaseStore(create_lease_engine(sqlite_url))
+    store.ensure_schema()
+    elector = Elector(store, [(MasterJob(LOCK, lambda ctx: None), JobSettings())], Holder("t@h"))
+    controller = SimpleNamespace(master_elector=elector, master_offload=Offload(store))
+    return store, SimpleNamespace(consumer=SimpleNamespace(steps=[], controller=controller))
+
+
+def test_a_broadcast_never_creates_rows_for_names_nobody_runs(sqlite_url):
+    """Regression: `mastercontrol disable <any name>` created a row per junk name, uncapped."""
+    store, state = state_of(sqlite_url)
+    for n in range(3):
+        reply = mastercontrol(state, "disable", f"junk-{n}-" + "x" * 150, "junk")
+        assert "unknown lock name" in reply["error"] and "celery master disable" in reply["error"]
+    assert set(store.read()) <= {LOCK}, sorted(store.read())
+    store.set_enabled("ROW-ONLY", True, "ops", None)  # an operator recorded it: it may be steered
+    assert mastercontrol(state, "disable", "ROW-ONLY", "planned")["ok"]["enabled"] is False
+
+
+def test_replies_never_echo_more_than_a_lock_name(sqlite_url):
+    _, state = state_of(sqlite_url)
+    huge = "L" * 1_000_000
+    for reply in (
+        mastercontrol(state, "status", huge),
+        mastercontrol(state, huge, LOCK),
+        mastercontrol(state, "disable", huge),
+    ):
+        assert "error" in reply and len(reply["error"]) < 1000, len(str(reply))
