@@ -9,7 +9,7 @@ import pytest
 from celery import Celery
 
 import celery_master
-from celery_master.testing import FAST_TIMING, STALL, MasterCluster, wait_until
+from celery_master.testing import FAST_TIMING, STALL, MasterCluster, MasterWorker, wait_until
 
 HB = FAST_TIMING["heartbeat_interval"]
 SELF_STOP = HB * FAST_TIMING["max_heartbeat_retry_count"]
@@ -37,6 +37,13 @@ def journal() -> Journal:
     return Journal()
 
 
+def master_then_standby(cluster: MasterCluster) -> tuple[MasterWorker, MasterWorker]:
+    """w1 elected alone, then w2 as its standby: which worker is master is not left to luck."""
+    cluster.start_worker("w1")
+    master = cluster.wait_for_master("JOB")
+    return master, cluster.start_worker("w2")
+
+
 @pytest.fixture
 def master_app(journal: Journal) -> Celery:
     app = Celery("faults-test", broker="memory://", set_as_current=False)
@@ -52,9 +59,7 @@ def master_app(journal: Journal) -> Celery:
 def test_a_crash_ends_the_job_at_once_and_keeps_the_lease_until_the_ttl(
     master_cluster: MasterCluster, journal: Journal
 ):
-    master_cluster.start_worker("w1")
-    w1 = master_cluster.wait_for_master("JOB")
-    w2 = master_cluster.start_worker("w2")
+    w1, w2 = master_then_standby(master_cluster)
     crashed = time.monotonic()
     master_cluster.crash(w1)
     wait_until(lambda: journal.of("stop", w1.hostname), STALL, "the crashed worker's job to end")
@@ -69,9 +74,7 @@ def test_a_crash_ends_the_job_at_once_and_keeps_the_lease_until_the_ttl(
 def test_a_partitioned_master_runs_until_its_self_stop_deadline_then_stops(
     master_cluster: MasterCluster, journal: Journal
 ):
-    master_cluster.start_worker("w1")
-    w1 = master_cluster.wait_for_master("JOB")
-    w2 = master_cluster.start_worker("w2")
+    w1, w2 = master_then_standby(master_cluster)
     cut = time.monotonic()
     master_cluster.partition(w1, seconds=2 * TTL)
     wait_until(lambda: journal.of("stop", w1.hostname), SELF_STOP + STALL + 1, "w1 to stop")
