@@ -138,7 +138,7 @@ def test_a_worker_whose_broker_spans_hosts_refuses_to_start_without_a_shared_dat
         ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
         ("postgresql://u@h/db?password=pw&sslmode=require", "postgresql://u@h/db?password=***"),
         ("postgresql://u@h/db?sslpassword=pw", "postgresql://u@h/db?sslpassword=***"),
-        ("postgresql://u:pw@h:notaport/db?password=pw", "postgresql://***@h:notaport/***"),
+        ("postgresql://u:pw@h:notaport/db?password=pw", "postgresql://u:***@h:notaport/db?pass"),
         ("x://u:pw@[bad/db?password=pw", "x://u:***@[bad/db?password=***"),
         ("u:pw@h/db", "*** (not a URL)"),
     ],

@@ -26,7 +26,6 @@ from ..health import DatabaseHealth
 from ..holder import Holder
 from ..jobs.job import MasterJob
 from ..settings import JobSettings
-from ..store.engine import mask_url
 from ..store.leases import LeaseStore, SchemaTooNew
 from .lockstate import LockState, Role
 from .round import Round, RoundParts
@@ -68,7 +67,7 @@ class Elector:
         self._wake = threading.Event()
         self._leaving = threading.Event()
         self._thread: threading.Thread | None = None
-        self.health = DatabaseHealth(mask_url(store.engine.url), self.tick_period)
+        self.health = DatabaseHealth(store.engine.url, self.tick_period)
         self.terms = Terms(
             store,
             holder,

@@ -15,8 +15,10 @@ import click
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from ... import health
 from ...errors import ConfigurationError
 from ...jobs.job import validate_lock_name
+from ...redact import url_secrets
 from ...settings import resolve_database_url
 from ...store.engine import create_lease_engine, mask_url
 from ...store.leases import LEASE, LeaseStore
@@ -50,8 +52,9 @@ def who() -> str:
     return f"{user}@{socket.gethostname()} (celery master)"
 
 
-def first_line(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+def first_line(exc: BaseException, url: str) -> str:
+    """A database error in one line, without the secrets of the database ``url``."""
+    return health.first_line(exc, url_secrets(url), limit=300)
 
 
 def database_url(ctx: click.Context) -> str:
@@ -72,7 +75,7 @@ def open_store(ctx: click.Context, create: bool = True) -> LeaseStore:
         raise click.UsageError(str(exc)) from None
     except SQLAlchemyError as exc:
         raise click.ClickException(
-            f"lease database {mask_url(url)} unreachable: {first_line(exc)}"
+            f"lease database {mask_url(url)} unreachable: {first_line(exc, url)}"
         ) from None
     return store
 
@@ -122,10 +125,12 @@ class _MasterGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SQLAlchemyError as exc:
-            url = mask_url(resolve_database_url(ctx.obj.app.conf))
+            url = resolve_database_url(ctx.obj.app.conf)
             down = isinstance(exc, OperationalError | InterfaceError)
             state = "unreachable" if down else "failed"
-            raise click.ClickException(f"lease database {url} {state}: {first_line(exc)}") from None
+            raise click.ClickException(
+                f"lease database {mask_url(url)} {state}: {first_line(exc, url)}"
+            ) from None
 
 
 @click.group(name="master", cls=_MasterGroup)

@@ -91,7 +91,7 @@ def _check(ctx: click.Context, names: list[str], every: bool) -> None:
         leases = store.read() if has_tables(store) else {}
     except (SQLAlchemyError, ConfigurationError) as exc:
         finding = probe.Finding(
-            None, probe.UNREADABLE, f"lease database {mask_url(url)}: {first_line(exc)}"
+            None, probe.UNREADABLE, f"lease database {mask_url(url)}: {first_line(exc, url)}"
         )
         click.echo(finding.line())
         ctx.exit(probe.UNREADABLE)
