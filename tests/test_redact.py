@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 import logging
-import types
 
 import pytest
-from celery import Celery
-from click.testing import CliRunner
 
 from celery_master.election.elector import Elector
 from celery_master.errors import ConfigurationError
 from celery_master.holder import Holder
 from celery_master.jobs.job import MasterJob
-from celery_master.ops.cli import master
 from celery_master.redact import mask_url
 from celery_master.settings import JobSettings
 from celery_master.store import LeaseStore, create_lease_engine
 from celery_master.store.engine import parse_url
+from tests.support.cli import run_master
 from tests.support.cluster import wait_for
 
 #: a libpq URI handed over through ``dsn=``: psycopg2 refuses its password's bad escape,
 #: and its message repeats the password ("invalid percent-encoded token: "hunter%zz"")
 DSN_URL = "postgresql+psycopg2:///x?dsn=postgresql://celery:hunter%25zz@127.0.0.1:1/x"
 DSN_SECRET = "hunter"
-
-
-def cli(url: str, *args: str) -> types.SimpleNamespace:
-    """``celery master ...`` in this process, with CELERY_MASTER_DATABASE_URL set to ``url``."""
-    app = Celery("redact_test", broker="memory://", set_as_current=False)
-    app.conf.master_database_url = url
-    result = CliRunner().invoke(master, list(args), obj=types.SimpleNamespace(app=app))
-    return types.SimpleNamespace(code=result.exit_code, output=result.output)
 
 
 def test_mask_url_keeps_a_password_with_an_unencoded_at_whole():
@@ -106,7 +95,7 @@ def test_a_driver_error_in_the_election_never_shows_the_password(caplog):
 
 def test_a_cli_database_error_is_one_line_without_the_password():
     for args in (("status",), ("status", "--check"), ("enable", "JOB")):
-        done = cli(DSN_URL, *args)
+        done = run_master(DSN_URL, *args)
         assert done.code != 0
         assert "invalid percent-encoded token" in done.output, done.output
         assert DSN_SECRET not in done.output, done.output

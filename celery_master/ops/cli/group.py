@@ -23,6 +23,7 @@ from ...settings import resolve_database_url
 from ...store.engine import create_lease_engine, mask_url
 from ...store.leases import LEASE, LeaseStore
 from ...worker.control import broadcast_hint
+from ..printable import printable
 
 __all__ = [
     "NO_TABLES",
@@ -33,6 +34,7 @@ __all__ = [
     "lock_arg",
     "master",
     "open_store",
+    "say",
     "stamp",
     "table",
     "who",
@@ -100,8 +102,9 @@ def stamp(value: float | None) -> str | None:
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """Stored text escaped (see printable): one row, one line."""
     cells = [[h for _, h in columns]] + [
-        ["-" if r[k] is None else str(r[k]) for k, _ in columns] for r in rows
+        ["-" if r[k] is None else printable(r[k]) for k, _ in columns] for r in rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     return "\n".join(
@@ -109,21 +112,28 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     )
 
 
+def say(line: str, err: bool = False) -> None:
+    """Print one line; stored text in it is escaped, so it stays one line (see printable)."""
+    click.echo(printable(line), err=err)
+
+
 def hint(ctx: click.Context, lock_name: str) -> None:
     try:
         broadcast_hint(ctx.obj.app, [lock_name])
     except Exception as exc:  # the change is in SQL; workers see it at their next interval
-        click.echo(
-            f"note: no hint sent ({exc}); workers see the change within an interval", err=True
-        )
+        say(f"note: no hint sent ({exc}); workers see the change within an interval", err=True)
 
 
 class _MasterGroup(click.Group):
-    """Database errors after connecting are one line naming the (masked) database."""
+    """Database errors after connecting are one line naming the (masked) database; every
+    error message is escaped (it may quote stored text)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = printable(exc.message)  # type: ignore[misc]  # Final in typing only
+            raise
         except SQLAlchemyError as exc:
             url = resolve_database_url(ctx.obj.app.conf)
             down = isinstance(exc, OperationalError | InterfaceError)
