@@ -256,3 +256,21 @@ def test_stored_text_is_printed_escaped_so_it_cannot_forge_lines_or_drive_the_te
     )
     assert "maintenance\\nCRITICAL fake" in outputs["history"].output
     assert "known are JOB-SCHEDULER, OTHER\\x1b[2J" in outputs["an error naming the known"].output
+
+
+def test_an_unreadable_schema_version_is_one_line_and_a_failing_exit(sqlite_url):
+    store = LeaseStore(create_lease_engine(sqlite_url))
+    store.ensure_schema()
+    store.ensure_rows([LOCK])
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE celery_master_meta SET value = '3a'"))
+    for args, code in (
+        (("enable", LOCK), 1),
+        (("status",), 1),
+        (("history", LOCK), 1),
+        (("status", "--check", LOCK), 3),
+    ):
+        done = run_master(sqlite_url, *args)
+        lines = done.output.splitlines()
+        assert done.code == code and len(lines) == 1, (args, done.code, done.output)
+        assert "schema_version '3a'" in lines[0], (args, lines)

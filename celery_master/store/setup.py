@@ -1,7 +1,9 @@
-"""Creating and upgrading the lease schema, and refusing one newer than this code.
+"""Creating and upgrading the lease schema, and refusing one this code cannot use.
 
-A worker that finds a schema newer than it knows stays out of the election
-(the elector catches ``SchemaTooNew``) rather than write rows it cannot read.
+A worker that finds a schema it cannot use stays out of the election (the
+elector catches ``SchemaError``) rather than write rows it cannot read:
+``SchemaTooNew`` (upgrade celery-master on the worker), ``SchemaUnreadable``
+(the ``schema_version`` row is not a version number).
 """
 
 from __future__ import annotations
@@ -15,13 +17,29 @@ from .engine import Dialect
 from .schema import SCHEMA_VERSION, add_missing_columns
 from .tables import META, METADATA
 
-__all__ = ["SchemaSetup", "SchemaTooNew"]
+__all__ = ["SchemaError", "SchemaSetup", "SchemaTooNew", "SchemaUnreadable"]
 
 logger = logging.getLogger(__name__)
 
 
-class SchemaTooNew(ConfigurationError):
+class SchemaError(ConfigurationError):
+    """The lease schema keeps this worker out of the election; the message says the fix.
+
+    ``fixed_in_database``: someone can fix it in the database while the worker
+    runs, so the elector looks again; otherwise only a new worker version can.
+    """
+
+    fixed_in_database = True
+
+
+class SchemaTooNew(SchemaError):
     """The lease database was upgraded by a newer celery-master than this one."""
+
+    fixed_in_database = False
+
+
+class SchemaUnreadable(SchemaError):
+    """The ``schema_version`` row holds something that is not a version number."""
 
 
 class SchemaSetup:
@@ -55,8 +73,22 @@ class SchemaSetup:
                 )
                 logger.warning("upgraded the lease database schema %d -> %d", found, SCHEMA_VERSION)
 
+    def read_schema_version(self) -> int | None:
+        """The schema version in the database (None: no tables yet); creates nothing."""
+        with self.engine.connect() as conn:
+            return self._schema_version(conn)
+
     def _schema_version(self, conn: Connection) -> int | None:
         if not inspect(conn).has_table(META.name):
             return None
         value = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
-        return None if value is None else int(value)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise SchemaUnreadable(
+                f"the lease database's schema_version {value!r} (table {META.name}) is not a "
+                f"version number: set it to the version its tables have ({SCHEMA_VERSION} for "
+                "tables this celery-master created or upgraded)"
+            ) from None

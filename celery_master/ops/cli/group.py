@@ -22,6 +22,7 @@ from ...redact import url_secrets
 from ...settings import resolve_database_url
 from ...store.engine import create_lease_engine, mask_url
 from ...store.leases import LEASE, LeaseStore
+from ...store.setup import SchemaError
 from ...worker.control import broadcast_hint
 from ..printable import printable
 
@@ -67,12 +68,19 @@ def database_url(ctx: click.Context) -> str:
 
 
 def open_store(ctx: click.Context, create: bool = True) -> LeaseStore:
-    """The lease store; ``create=False`` for read-only commands (never creates tables)."""
+    """The lease store; ``create=False`` for read-only commands (never creates tables).
+
+    A schema this command cannot use is one line and exit 1, like a database error.
+    """
     url = database_url(ctx)
     try:
         store = LeaseStore(create_lease_engine(url, timeout=5.0))
         if create:
             store.ensure_schema()
+        else:
+            store.read_schema_version()
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     except SQLAlchemyError as exc:

@@ -89,6 +89,7 @@ def _check(ctx: click.Context, names: list[str], every: bool) -> None:
     url = database_url(ctx)
     try:
         store = LeaseStore(create_lease_engine(url, timeout=5.0))
+        store.read_schema_version()  # a schema_version that is not one: unreadable (3)
         leases = store.read() if has_tables(store) else {}
     except (SQLAlchemyError, ConfigurationError) as exc:
         finding = probe.Finding(
