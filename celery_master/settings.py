@@ -50,12 +50,8 @@ ENV_PREFIX = "CELERY_MASTER_"
 MISFIRE_POLICIES = ("once", "skip")
 MIN_SECONDS, MAX_SECONDS = 0.01, 86400.0  # 10 ms .. 1 day, init_delay too
 MAX_RETRY_COUNT = 1000
-#: the heartbeat becomes libpq's keepalives_idle (whole seconds), which Linux's TCP_KEEPIDLE
-#: takes up to 32,767: above it every connection fails
-MAX_HEARTBEAT = 32767.0
-#: the ttl bounds each statement after a fence (``SET LOCAL statement_timeout``, ms in a
-#: 32-bit integer on PostgreSQL): about 24.8 days
-MAX_TTL = (2**31 - 1) // 1000
+MAX_HEARTBEAT = 32767.0  # libpq's keepalives_idle: Linux's TCP_KEEPIDLE takes no more
+MAX_TTL = (2**31 - 1) // 1000  # the fence's statement_timeout, ms in an int32: 24.8 days
 
 
 @dataclass(frozen=True)
@@ -120,23 +116,9 @@ def _parse(name: str, raw: Any, source: str) -> float | int:
     if name == "heartbeat_interval" and fvalue > MAX_HEARTBEAT:
         raise ConfigurationError(
             f"{source} ({raw!r}) is above {MAX_HEARTBEAT:.0f} s, the longest TCP keepalive "
-            f"(keepalives_idle) the lease database connection can ask for: set {source} "
-            f"to at most {MAX_HEARTBEAT:.0f}"
+            f"(keepalives_idle) a connection takes: set it to at most {MAX_HEARTBEAT:.0f}"
         )
     return fvalue
-
-
-def _check_ttl(timing: JobSettings, sources: Mapping[str, str]) -> JobSettings:
-    """The derived ttl must fit the database timeouts built from it."""
-    if timing.ttl > MAX_TTL:
-        beat, count = sources["heartbeat_interval"], sources["max_heartbeat_retry_count"]
-        raise ConfigurationError(
-            f"the lease ttl {timing.ttl:.0f} s = {beat} ({timing.heartbeat_interval}) x "
-            f"({count} ({timing.max_heartbeat_retry_count}) + 1) is above {MAX_TTL} s (about "
-            "24.8 days), the longest statement_timeout PostgreSQL takes in the fence: lower "
-            f"{beat} or {count}"
-        )
-    return timing
 
 
 def resolve_job_settings(
@@ -145,20 +127,26 @@ def resolve_job_settings(
     """Resolve and validate the timing of one job; the error names the setting to fix."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
     for name in TIMING_NAMES:
         env_key = ENV_PREFIX + name.upper()
         if name in options and options[name] is not None:
-            sources[name], raw = f"option {name}=", options[name]
+            values[name] = _parse(name, options[name], f"option {name}=")
         elif env.get(env_key, "").strip():
-            sources[name], raw = f"environment variable {env_key}", env[env_key].strip()
+            values[name] = _parse(name, env[env_key].strip(), f"environment variable {env_key}")
         elif _conf_get(conf, "master_" + name) is not None:
-            sources[name], raw = f"app.conf.master_{name}", _conf_get(conf, "master_" + name)
+            raw = _conf_get(conf, "master_" + name)
+            values[name] = _parse(name, raw, f"app.conf.master_{name}")
         else:
-            sources[name], values[name] = f"master_{name} (default)", DEFAULTS[name]
-            continue
-        values[name] = _parse(name, raw, sources[name])
-    return _check_ttl(JobSettings(**values), sources)
+            values[name] = DEFAULTS[name]
+    timing = JobSettings(**values)
+    if timing.ttl > MAX_TTL:  # the database timeouts built from it must hold it
+        raise ConfigurationError(
+            f"the lease ttl {timing.ttl:.0f} s = master_heartbeat_interval "
+            f"({timing.heartbeat_interval:g}) x (master_max_heartbeat_retry_count "
+            f"({timing.max_heartbeat_retry_count}) + 1) is above {MAX_TTL} s (about 24.8 days), "
+            "the longest statement_timeout PostgreSQL takes in the fence: lower either"
+        )
+    return timing
 
 
 def _celery_setting(conf: Any, env: Mapping[str, str], name: str, *fallbacks: str) -> Any:
