@@ -59,14 +59,6 @@ def make(url: str, name: str, rec: Recorder, settings: JobSettings = FAST, **kw)
     return Elector(store, [(job, settings)], Holder(name), **kw)
 
 
-@pytest.fixture
-def electors():
-    made: list[Elector] = []
-    yield made
-    for e in made:
-        e.stop(timeout=3)
-
-
 def test_one_of_two_electors_becomes_master(db_url, electors):
     recs = [Recorder(), Recorder()]
     electors += [make(db_url, f"n{i}", r, STABLE) for i, r in enumerate(recs)]

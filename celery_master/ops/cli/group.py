@@ -42,8 +42,8 @@ __all__ = [
 ]
 
 NO_TABLES = (
-    "the celery-master tables do not exist yet in {url}: the first worker with a master job "
-    "creates them"
+    "the celery-master tables do not exist yet in {url}: `celery master migrate` (or the "
+    "first worker with a master job, where its database role may) creates them"
 )
 
 
