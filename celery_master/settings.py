@@ -50,6 +50,8 @@ ENV_PREFIX = "CELERY_MASTER_"
 MISFIRE_POLICIES = ("once", "skip")
 MIN_SECONDS, MAX_SECONDS = 0.01, 86400.0  # 10 ms .. 1 day, init_delay too
 MAX_RETRY_COUNT = 1000
+MAX_HEARTBEAT = 32767.0  # libpq's keepalives_idle: Linux's TCP_KEEPIDLE takes no more
+MAX_TTL = (2**31 - 1) // 1000  # the fence's statement_timeout, ms in an int32: 24.8 days
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,11 @@ def _parse(name: str, raw: Any, source: str) -> float | int:
         raise ConfigurationError(f"{source} ({raw!r}) is below {MIN_SECONDS} s: {fix}")
     if fvalue > MAX_SECONDS:
         raise ConfigurationError(f"{source} ({raw!r}) is above one day: {fix}")
+    if name == "heartbeat_interval" and fvalue > MAX_HEARTBEAT:
+        raise ConfigurationError(
+            f"{source} ({raw!r}) is above {MAX_HEARTBEAT:.0f} s, the longest TCP keepalive "
+            f"(keepalives_idle) a connection takes: set it to at most {MAX_HEARTBEAT:.0f}"
+        )
     return fvalue
 
 
@@ -131,7 +138,15 @@ def resolve_job_settings(
             values[name] = _parse(name, raw, f"app.conf.master_{name}")
         else:
             values[name] = DEFAULTS[name]
-    return JobSettings(**values)
+    timing = JobSettings(**values)
+    if timing.ttl > MAX_TTL:  # the database timeouts built from it must hold it
+        raise ConfigurationError(
+            f"the lease ttl {timing.ttl:.0f} s = master_heartbeat_interval "
+            f"({timing.heartbeat_interval:g}) x (master_max_heartbeat_retry_count "
+            f"({timing.max_heartbeat_retry_count}) + 1) is above {MAX_TTL} s (about 24.8 days), "
+            "the longest statement_timeout PostgreSQL takes in the fence: lower either"
+        )
+    return timing
 
 
 def _celery_setting(conf: Any, env: Mapping[str, str], name: str, *fallbacks: str) -> Any:

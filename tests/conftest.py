@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from celery_master.election.elector import Elector
 from tests.support.cluster import Cluster, foreign_environ
 from tests.support.servers import PgServer, RedisServer
 
@@ -76,6 +77,15 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url_for(db)
     with contextlib.suppress(Exception):
         redis_server.flushdb(db)
+
+
+@pytest.fixture
+def electors() -> Iterator[list[Elector]]:
+    """Electors a test made and started; each is stopped (a hand-over, bounded) at the end."""
+    made: list[Elector] = []
+    yield made
+    for e in made:
+        e.stop(timeout=3)
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import time
 
 import sqlalchemy as sa
 
+from celery_master.store import LeaseStore, create_lease_engine
+from tests.support.cli import run_master
 from tests.support.cluster import FAST_TIMING, ROOT, wait_for
 
 LOCK = "JOB-SCHEDULER"
@@ -224,3 +226,51 @@ def test_check_covers_the_ha_beat_lock_of_the_app(make_cluster, pg_url):
     disabled = cluster.celery("master", "disable", "celery-beat:journal_app")
     assert disabled.returncode == 0, disabled.stderr
     assert check(cluster).stdout.startswith("WARNING celery-beat:journal_app: disabled")
+
+
+def test_stored_text_is_printed_escaped_so_it_cannot_forge_lines_or_drive_the_terminal(
+    sqlite_url,
+):
+    """Reasons, who, holders and history details are written by others: a newline or an ANSI
+    escape in them must not add a line to ``status --check`` nor reach the terminal raw."""
+    store = LeaseStore(create_lease_engine(sqlite_url))
+    store.ensure_schema()
+    evil = "OTHER\x1b[2J"
+    store.ensure_rows([LOCK, evil])
+    store.set_enabled(LOCK, False, "ops\x1b]0;owned\x07", "maintenance\nCRITICAL fake")
+    store.acquire("node\u202e\n1:42:abc", [evil], {}, {evil: 3600.0})
+    outputs = {
+        "check": run_master(sqlite_url, "status", "--check", "--all"),
+        "status": run_master(sqlite_url, "status"),
+        "history": run_master(sqlite_url, "history", LOCK),
+        "an error naming the known": run_master(sqlite_url, "forget", "NOPE"),
+    }
+    for what, done in outputs.items():
+        assert "\x1b" not in done.output and "\u202e" not in done.output, (what, done.output)
+        assert "\x07" not in done.output, (what, done.output)
+    check = outputs["check"].output.splitlines()
+    assert len(check) == 1 and check[0].startswith(f"WARNING {LOCK}: disabled by ops"), check
+    assert check[0].endswith(": maintenance\\nCRITICAL fake"), check
+    assert "OTHER\\x1b[2J" in outputs["status"].output and "node\\u202e\\n1" in (
+        outputs["status"].output
+    )
+    assert "maintenance\\nCRITICAL fake" in outputs["history"].output
+    assert "known are JOB-SCHEDULER, OTHER\\x1b[2J" in outputs["an error naming the known"].output
+
+
+def test_an_unreadable_schema_version_is_one_line_and_a_failing_exit(sqlite_url):
+    store = LeaseStore(create_lease_engine(sqlite_url))
+    store.ensure_schema()
+    store.ensure_rows([LOCK])
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE celery_master_meta SET value = '3a'"))
+    for args, code in (
+        (("enable", LOCK), 1),
+        (("status",), 1),
+        (("history", LOCK), 1),
+        (("status", "--check", LOCK), 3),
+    ):
+        done = run_master(sqlite_url, *args)
+        lines = done.output.splitlines()
+        assert done.code == code and len(lines) == 1, (args, done.code, done.output)
+        assert "schema_version '3a'" in lines[0], (args, lines)

@@ -3,8 +3,11 @@
 No Docker engine here, so this is the closest honest check: a clean venv, the
 project copied as the Dockerfile's COPY lines copy it, the Dockerfile's own pip
 install line, then every command of docker-compose.yml with its environment
-(interpolated as Compose does) against the suite's PostgreSQL and Redis, with
-the service host names ``postgres`` and ``redis`` mapped to loopback.
+(interpolated as Compose does): Redis started with the redis service's command
+(its password), the postgres service's init scripts run against the suite's
+PostgreSQL as the image runs them, the one-shot ``migrate`` to its end, then
+the workers and Flower; the service host names ``postgres`` and ``redis`` are
+mapped to loopback.
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ from tests.support.cluster import wait_for
 from tests.support.servers import PgServer, RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SECRETS = {"POSTGRES_PASSWORD": "compose-test-pw", "FLOWER_BASIC_AUTH": "ops:flower-test-pw"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "compose-test-pw",
+    "WORKER_DB_PASSWORD": "compose-worker-pw",
+    "REDIS_PASSWORD": "compose-redis-pw",
+    "FLOWER_BASIC_AUTH": "ops:flower-test-pw",
+}
 LOCKS = ("FEED-POLLER", "celery-beat:production")
-REDIS_DB = 12  # away from the databases other tests use on the shared server
 _VAR = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -97,16 +104,59 @@ def build_image(tmp: Path) -> tuple[Path, Path]:
     return tmp / "venv" / "bin", app
 
 
-def compose_database(pg: PgServer) -> None:
-    """The role and database the postgres service's environment creates."""
+def compose_database(pg: PgServer, postgres: dict, tmp: Path) -> None:
+    """What the postgres service makes at its first start: the POSTGRES_USER role (a
+    superuser in the image) owning POSTGRES_DB, then its init scripts, run as the image runs
+    them (/docker-entrypoint-initdb.d, with the service's environment)."""
+    env = {k: interpolate(str(v), SECRETS) for k, v in postgres["environment"].items()}
+    user, db = env["POSTGRES_USER"], env["POSTGRES_DB"]
     conn = psycopg2.connect(host="127.0.0.1", port=pg.port, user=pg.user, dbname="postgres")
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'celery'")
-        if cur.fetchone() is None:
-            cur.execute(f"CREATE ROLE celery LOGIN PASSWORD '{SECRETS['POSTGRES_PASSWORD']}'")
-            cur.execute("CREATE DATABASE celery OWNER celery")
+        cur.execute(f"CREATE ROLE {user} LOGIN SUPERUSER PASSWORD %s", [env["POSTGRES_PASSWORD"]])
+        cur.execute(f"CREATE DATABASE {db} OWNER {user}")
     conn.close()
+    (folder,) = [
+        v.split(":")[0] for v in postgres["volumes"] if ":/docker-entrypoint-initdb.d" in v
+    ]
+    scripts = sorted((ROOT / folder).glob("*.sh"))
+    assert scripts, f"no init script in {folder}"
+    for script in scripts:
+        done = subprocess.run(
+            ["sh", str(script)],
+            env={**os.environ, **env, "PGHOST": "127.0.0.1", "PGPORT": str(pg.port)},
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"{script.name}: {done.stdout}{done.stderr}"
+
+
+def compose_redis(redis: dict) -> RedisServer:
+    """Redis started with the redis service's own command (its options, its password)."""
+    command = [interpolate(str(w), SECRETS) for w in redis["command"]]
+    assert command[0] == "redis-server", command
+    server = RedisServer(args=command[1:], password=SECRETS["REDIS_PASSWORD"])
+    unauthenticated = subprocess.run(
+        ["redis-cli", "-p", str(server.port), "ping"], capture_output=True, text=True
+    )
+    assert "NOAUTH" in unauthenticated.stdout + unauthenticated.stderr, "Redis must ask"
+    return server
+
+
+def database_roles(pg: PgServer) -> set[str]:
+    """The roles the election's connections (application_name celery-master) log in as."""
+    conn = psycopg2.connect(host="127.0.0.1", port=pg.port, user=pg.user, dbname="postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT DISTINCT usename FROM pg_stat_activity "
+                "WHERE application_name = 'celery-master' AND datname = 'celery'"
+            )
+            return {row[0] for row in cur.fetchall()}
+    finally:
+        conn.close()
 
 
 def localise(text: str, pg: PgServer, redis: RedisServer, flower_port: int) -> str:
@@ -114,7 +164,7 @@ def localise(text: str, pg: PgServer, redis: RedisServer, flower_port: int) -> s
     # Flower's port first: a random port of the suite's servers may itself contain "5555"
     text = text.replace("5555", str(flower_port))
     text = text.replace("@postgres:5432/", f"@127.0.0.1:{pg.port}/")
-    text = re.sub(r"redis://redis:6379/\d+", f"redis://127.0.0.1:{redis.port}/{REDIS_DB}", text)
+    text = re.sub(r"redis://(:[^@/]*@)?redis:6379/", rf"redis://\g<1>127.0.0.1:{redis.port}/", text)
     return text.replace("--address=0.0.0.0", "--address=127.0.0.1")
 
 
@@ -129,22 +179,38 @@ def get(url: str, auth: str | None = None) -> tuple[int, str]:
         return exc.code, ""
 
 
+@pytest.fixture
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture
+def compose_redis_server(compose: dict):  # the suite's Redis asks no password: this one does
+    server = compose_redis(compose["services"]["redis"])
+    yield server
+    server.close()
+
+
 def test_compose_stack_starts_elects_one_master_per_lock_and_beat_sends(
-    tmp_path, pg_server, redis_server
+    tmp_path, pg_server, compose_redis_server, compose
 ):
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = {n: s for n, s in compose["services"].items() if s.get("build") == "."}
+    redis_server = compose_redis_server
+    built = {n: s for n, s in compose["services"].items() if s.get("build") == "."}
+    one_shot = {n: s for n, s in built.items() if s.get("restart") == "no"}
+    services = {n: s for n, s in built.items() if n not in one_shot}
     assert {"worker1", "worker2", "worker3", "flower"} <= set(services)
-    with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):  # a missing secret fails fast
-        interpolate(services["worker1"]["environment"]["CELERY_MASTER_DATABASE_URL"], {})
+    assert set(one_shot) == {"migrate"}
+    for secret in ("WORKER_DB_PASSWORD", "REDIS_PASSWORD"):  # a missing secret fails fast
+        others = {k: v for k, v in SECRETS.items() if k != secret}
+        with pytest.raises(ValueError, match=secret):
+            interpolate(json.dumps(services["worker1"]["environment"]), others)
     for name, svc in services.items():
         if name.startswith("worker"):
             assert "-P" not in shlex.split(svc["command"]), "production workers use prefork"
     assert compose["services"]["flower"]["ports"] == ["${FLOWER_BIND:-127.0.0.1}:5555:5555"]
 
     bin_dir, app = build_image(tmp_path)
-    compose_database(pg_server)
-    subprocess.run(["redis-cli", "-p", str(redis_server.port), "-n", str(REDIS_DB), "flushdb"])
+    compose_database(pg_server, compose["services"]["postgres"], tmp_path)
     flower_port = free_port()
     base_env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -166,6 +232,14 @@ def test_compose_stack_starts_elects_one_master_per_lock_and_beat_sends(
         return subprocess.run(
             argv, cwd=app, env=service_env(svc), capture_output=True, text=True, timeout=60
         )
+
+    for name, svc in one_shot.items():  # the workers depend on it: it ends first
+        argv = shlex.split(localise(svc["command"], pg_server, redis_server, flower_port))
+        done = subprocess.run(
+            argv, cwd=app, env=service_env(svc), capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, f"{name}: {done.stdout}{done.stderr}"
+        assert "granted SELECT, INSERT, UPDATE, DELETE to celery_worker" in done.stdout
 
     procs: dict[str, subprocess.Popen] = {}
     logs = {name: tmp_path / f"{name}.log" for name in services}
@@ -218,6 +292,7 @@ def test_compose_stack_starts_elects_one_master_per_lock_and_beat_sends(
 
         found = wait_for(masters, 60, "a master of every lock name", 1.0)
         assert all(len(nodes) == 1 for nodes in found.values()), found
+        assert database_roles(pg_server) == {"celery_worker"}, "workers elect as celery_worker"
         probe = subprocess.run(  # the cluster-wide check a CronJob would run in this image
             ["celery", "-A", "examples.production", "master", "status", "--check"],
             cwd=app,

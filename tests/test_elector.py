@@ -11,11 +11,13 @@ from sqlalchemy import create_engine, event
 
 from celery_master.election.elector import Elector, Role
 from celery_master.errors import NotMaster
+from celery_master.health import MAX_BACKOFF
 from celery_master.holder import Holder
 from celery_master.jobs.job import MasterJob
 from celery_master.settings import JobSettings
 from celery_master.store import LeaseStore, create_lease_engine
 from celery_master.store.leases import META
+from celery_master.store.schema import SCHEMA_VERSION
 from tests.support.cluster import wait_for
 from tests.support.servers import PgServer
 
@@ -55,14 +57,6 @@ def make(url: str, name: str, rec: Recorder, settings: JobSettings = FAST, **kw)
     store = LeaseStore(create_lease_engine(url, timeout=settings.heartbeat_interval))
     job = MasterJob("JOB", rec.start, rec.stop)
     return Elector(store, [(job, settings)], Holder(name), **kw)
-
-
-@pytest.fixture
-def electors():
-    made: list[Elector] = []
-    yield made
-    for e in made:
-        e.stop(timeout=3)
 
 
 def test_one_of_two_electors_becomes_master(db_url, electors):
@@ -318,14 +312,19 @@ def test_a_job_ending_with_not_master_does_not_grow_the_start_hold_off(sqlite_ur
     assert max(gaps) < FAST.check_interval * 2**3, f"backed off as for failures: {gaps}"
 
 
-def test_a_newer_lease_schema_keeps_the_elector_out_with_one_error(sqlite_url, electors, caplog):
-    store = LeaseStore(create_lease_engine(sqlite_url))
+def on_schema_version(url: str, value: str, electors: list) -> tuple[Elector, Recorder, LeaseStore]:
+    """An elector (not started) on a lease database whose schema_version row holds ``value``."""
+    store = LeaseStore(create_lease_engine(url))
     store.ensure_schema()
     with store.engine.begin() as conn:
-        conn.execute(META.update().values(value="99"))
+        conn.execute(META.update().values(value=value))
     rec = Recorder()
-    e = make(sqlite_url, "n", rec)
-    electors.append(e)
+    electors.append(make(url, "n", rec))
+    return electors[-1], rec, store
+
+
+def test_a_newer_lease_schema_keeps_the_elector_out_with_one_error(sqlite_url, electors, caplog):
+    e, rec, _store = on_schema_version(sqlite_url, "99", electors)
     with caplog.at_level(logging.ERROR):
         e.start()
         wait_for(lambda: not e._thread.is_alive(), 5, "the elector to stay out")
@@ -355,3 +354,24 @@ def test_an_unexpected_error_in_the_loop_is_logged_and_the_election_goes_on(
         e.start()
         wait_for(lambda: rec.ctx is not None and calls[0] >= 2, 10, "the election to go on")
     assert "unexpected error in the election loop" in caplog.text and "a bug" in caplog.text
+
+
+def test_an_unreadable_schema_version_is_one_error_and_the_elector_lives_on(
+    sqlite_url, electors, caplog
+):
+    """A meta row that is not a version number once killed the elector thread: the worker
+    served on as 'standby, last_error None' for ever."""
+    e, rec, store = on_schema_version(sqlite_url, "3a", electors)
+    with caplog.at_level(logging.ERROR):
+        e.start()
+        error = wait_for(lambda: e.snapshot()["JOB"]["last_error"], 5, "the error in the view")
+        time.sleep(3 * MAX_BACKOFF)  # it looks again and again: still one line
+    assert e._thread.is_alive(), "the elector died"
+    assert "schema_version '3a'" in error and "celery_master_meta" in error, error
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "stays out of the election" in errors[0].getMessage()
+    assert rec.events == []
+    with store.engine.begin() as conn:  # repaired by hand: the worker joins by itself
+        conn.execute(META.update().values(value=str(SCHEMA_VERSION)))
+    wait_for(lambda: rec.ctx is not None, 5 * MAX_BACKOFF, "the worker to join the election")
+    assert e.snapshot()["JOB"]["last_error"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -50,7 +51,40 @@ def test_compose_runs_three_workers_and_flower_of_the_production_example(compose
     for name in ("postgres", "redis", *(f"worker{i}" for i in (1, 2, 3)), "flower"):
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
     env = services["worker1"]["environment"]
-    assert "${POSTGRES_PASSWORD" in env["CELERY_MASTER_DATABASE_URL"], "no password baked in"
+    assert "${WORKER_DB_PASSWORD:?" in env["CELERY_MASTER_DATABASE_URL"], "no password baked in"
+
+
+def test_compose_gives_each_service_only_what_it_needs(compose):
+    """Redis asks a password; workers use a role with rows only; the owner role migrates;
+    Flower gets no database URL; images and Flower are pinned."""
+    services = compose["services"]
+    assert services["redis"]["command"][1:] == [
+        "--requirepass",
+        "${REDIS_PASSWORD:?set REDIS_PASSWORD (e.g. in .env)}",
+    ]
+    for name in ("worker1", "worker2", "worker3", "flower"):
+        assert services[name]["environment"]["CELERY_BROKER_URL"].startswith(
+            "redis://:${REDIS_PASSWORD:?"
+        ), name
+    for name in ("worker1", "worker2", "worker3"):
+        url = services[name]["environment"]["CELERY_MASTER_DATABASE_URL"]
+        assert url.startswith("postgresql+psycopg2://celery_worker:"), url
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+    migrate = services["migrate"]
+    assert shlex.split(migrate["command"])[3:] == ["master", "migrate", "--grant", "celery_worker"]
+    owner = services["postgres"]["environment"]["POSTGRES_USER"]
+    assert migrate["environment"]["CELERY_MASTER_DATABASE_URL"].startswith(
+        f"postgresql+psycopg2://{owner}:"
+    )
+    assert "CELERY_MASTER_DATABASE_URL" not in services["flower"]["environment"]
+    assert set(services["flower"]["depends_on"]) == {"redis"}
+    for name in ("postgres", "redis"):
+        assert re.fullmatch(r"[\w.-]+:\d+\.\d+(\.\d+)?-\w+", services[name]["image"]), name
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:\d+\.\d+\.\d+-", dockerfile, re.M), "base image unpinned"
+    assert re.search(r" flower==\d+\.\d+\.\d+", dockerfile), "flower unpinned"
 
 
 def test_production_example_registers_beat_and_its_master_job():

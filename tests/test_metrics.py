@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import threading
 import urllib.request
 
 import pytest
@@ -161,3 +162,48 @@ def test_metrics_port_is_off_by_default_and_a_bad_one_names_the_setting():
         metrics_port({}, environ={"CELERY_MASTER_METRICS_PORT": "http"})
     with pytest.raises(ConfigurationError, match="master_metrics_port"):
         metrics_port({"master_metrics_port": 70000}, environ={})
+
+
+def test_idle_connections_cannot_exhaust_the_worker_and_a_real_scrape_still_answers():
+    """500 idle (and half-sent) connections once made 500 threads in the worker's main
+    process, held for ever. Now: no thread per connection, a bounded number held open, each
+    closed when its request does not arrive in time; a real scrape answers meanwhile."""
+    metrics = MasterMetrics()
+    port = free_port()
+    assert metrics.start(port, "127.0.0.1")
+    before = threading.active_count()
+    idle: list[socket.socket] = []
+    try:
+        for n in range(500):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            if n % 2:
+                idle[-1].sendall(b"GET /metr")  # a request that never ends
+        assert scrape(port) is not None  # accepted after every idle one: they were all taken
+        assert threading.active_count() <= before, "a thread per connection"
+
+        def closed_by_the_server(sock: socket.socket) -> bool:
+            sock.setblocking(False)
+            try:
+                return sock.recv(1) == b""
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+
+        from celery_master.worker.scrape import REQUEST_SECONDS
+
+        bound = REQUEST_SECONDS + 5.0  # the deadline, and a stalled machine
+        wait_for(lambda: all(closed_by_the_server(s) for s in idle), bound, "idle ones closed")
+    finally:
+        for sock in idle:
+            sock.close()
+        metrics.stop()
+
+
+def test_metrics_listen_on_every_interface_unless_master_metrics_address_narrows_it():
+    from celery_master.worker.metrics import metrics_address
+
+    assert metrics_address({}, environ={}) == "0.0.0.0"
+    assert metrics_address({"master_metrics_address": "127.0.0.1"}, environ={}) == "127.0.0.1"
+    env = {"CELERY_MASTER_METRICS_ADDRESS": "::1"}
+    assert metrics_address({"master_metrics_address": "10.0.0.1"}, environ=env) == "::1"

@@ -232,6 +232,16 @@ celery_master.register(app, "FLOOR", start)
 '''
 
 
+PARSE_ERROR = """
+import sys
+from celery_master.store.engine import parse_url
+try:
+    parse_url(sys.argv[1])
+except Exception as exc:
+    print(exc)
+"""
+
+
 def test_the_declared_floors_run_a_worker_that_elects_and_hands_over(wheel: Path, tmp_path: Path):
     """kombu 5.3.0 lacks ``Channel._exchange_file`` (5.7): the transport must not need it."""
     python = make_venv(tmp_path / "venv")
@@ -241,6 +251,9 @@ def test_the_declared_floors_run_a_worker_that_elects_and_hands_over(wheel: Path
         python, "-c", "import celery, kombu; print(celery.__version__, kombu.__version__)"
     )
     assert versions.split() == ["5.3.0", "5.3.0"]
+    # SQLAlchemy 2.0.0-2.0.40 repeat a URL they cannot parse in their message
+    said = run(python, "-c", PARSE_ERROR, "celery:hunter2@db/x")
+    assert "not a database URL" in said and "hunter2" not in said, said
     (tmp_path / "floor_app.py").write_text(FLOOR_APP)
     data = tmp_path / "data"
     env = {**os.environ, "FLOOR_DATA": str(data), "PYTHONPATH": str(tmp_path)}

@@ -138,7 +138,7 @@ def test_a_worker_whose_broker_spans_hosts_refuses_to_start_without_a_shared_dat
         ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
         ("postgresql://u@h/db?password=pw&sslmode=require", "postgresql://u@h/db?password=***"),
         ("postgresql://u@h/db?sslpassword=pw", "postgresql://u@h/db?sslpassword=***"),
-        ("postgresql://u:pw@h:notaport/db?password=pw", "postgresql://***@h:notaport/***"),
+        ("postgresql://u:pw@h:notaport/db?password=pw", "postgresql://u:***@h:notaport/db?pass"),
         ("x://u:pw@[bad/db?password=pw", "x://u:***@[bad/db?password=***"),
         ("u:pw@h/db", "*** (not a URL)"),
     ],
@@ -149,3 +149,59 @@ def test_mask_url_hides_every_password(url, shown):
     masked = mask_url(url)
     assert masked.startswith(shown)
     assert "pw" not in masked.replace("password", "").replace("sslpassword", "")
+
+
+@pytest.mark.parametrize(
+    ("conf", "match"),
+    [
+        (
+            {"master_heartbeat_interval": 32768},
+            r"master_heartbeat_interval \(32768\) is above 32767 s.*keepalives_idle",
+        ),
+        (
+            {"master_heartbeat_interval": 30000, "master_max_heartbeat_retry_count": 100},
+            r"lease ttl 3030000 s = master_heartbeat_interval \(30000\) x "
+            r"\(master_max_heartbeat_retry_count \(100\) \+ 1\).*statement_timeout",
+        ),
+    ],
+)
+def test_timings_the_database_could_not_take_are_refused_naming_the_fix(conf, match):
+    with pytest.raises(ConfigurationError, match=match):
+        resolve_job_settings(conf, {}, environ={})
+
+
+def test_a_weight_the_membership_column_could_not_hold_is_refused():
+    from celery_master.jobs.job import MasterJob
+
+    with pytest.raises(ConfigurationError, match=r"weight=2147483648 .* from 1 to 1,000,000"):
+        MasterJob("A", print, options={"weight": 2**31})
+    assert MasterJob("A", print, options={"weight": 10**6}).options["weight"] == 10**6
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "retries"), [(32767, 64), (32768, 1), (86400, 3), (3000, 1000)]
+)
+def test_every_timing_the_settings_accept_connects_and_fences_on_postgresql(
+    pg_url, heartbeat, retries
+):
+    """The largest accepted values reach the server as libpq options and SET LOCAL values:
+    keepalives_idle (the heartbeat, at most 32,767 s) and the fence's statement_timeout (the
+    ttl in ms, a 32-bit integer). A value past them is refused before it reaches a server."""
+    from sqlalchemy import text
+
+    from celery_master.store import LeaseStore, create_lease_engine
+
+    conf = {"master_heartbeat_interval": heartbeat, "master_max_heartbeat_retry_count": retries}
+    try:
+        timing = resolve_job_settings(conf, {}, environ={})
+    except ConfigurationError:
+        assert heartbeat > 32767 or heartbeat * (retries + 1) > 2**31 / 1000
+        return
+    store = LeaseStore(create_lease_engine(pg_url, timeout=timing.heartbeat_interval))
+    store.ensure_schema()
+    store.ensure_rows(["A"])
+    (epoch,) = store.acquire("h1", ["A"], {}, {"A": timing.ttl}).values()
+    with store.engine.begin() as conn:  # the fence's bounds, as the elector computes them
+        hold_ms, busy_ms = int(timing.heartbeat_interval * 1000), int(timing.ttl * 1000)
+        assert store.fence(conn, "A", epoch, "h1", hold_ms, busy_ms)
+        assert conn.execute(text("SHOW statement_timeout")).scalar()

@@ -20,13 +20,13 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ConfigurationError
-from ..health import DatabaseHealth
+from ..health import MAX_BACKOFF, DatabaseHealth
 from ..holder import Holder
 from ..jobs.job import MasterJob
 from ..runtime import REAL, Runtime, TaskLike
 from ..settings import JobSettings
-from ..store.engine import mask_url
-from ..store.leases import LeaseStore, SchemaTooNew
+from ..store.leases import LeaseStore
+from ..store.setup import SchemaError
 from .lockstate import LockState, Role
 from .round import Round, RoundParts
 from .spread import Spread
@@ -70,7 +70,10 @@ class Elector:
         self._leaving = runtime.event()
         self._gone = runtime.event()
         self._thread: TaskLike | None = None
-        self.health = DatabaseHealth(mask_url(store.engine.url), self.tick_period)
+        #: what keeps this worker out of the election (an unusable schema, an unreadable
+        #: state) or broke its last round; shown in master_status, logged once per change
+        self.error: str | None = None
+        self.health = DatabaseHealth(store.engine.url, self.tick_period)
         self.terms = Terms(
             store,
             holder,
@@ -150,7 +153,7 @@ class Elector:
                 "holder": self.holder.node_name if ctx else Holder.node_of(lk.holder_seen),
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(lk.since)),
                 "lease_left": round(max(0.0, ctx.deadline - now), 3) if ctx else None,
-                "last_error": lk.last_error or self.health.error,
+                "last_error": self.error or lk.last_error or self.health.error,
                 "job_error": ctx.error if ctx else None,
             }
         return out
@@ -171,35 +174,47 @@ class Elector:
                     wait = self.health.backoff
                 else:
                     wait = self.round.run() - self.clock()
+                    self.error = None
             except SQLAlchemyError as exc:  # never past a renewal's due time
                 self.health.failed(exc)
                 now = self.clock()
                 wait = min(self.health.backoff, self.round.renewal_due(now) - now)
-            except Exception:  # a bug: log it, keep electing after a back-off
-                logger.exception("unexpected error in the election loop; going on")
+            except Exception as exc:  # a bug or a state we cannot read: say it, keep electing
+                self._report(f"unexpected error in the election loop ({exc!r}); going on", exc)
                 wait = self.health.backoff * 2
             self._wake.wait(max(0.0, wait))
 
     def _setup(self) -> bool:
-        """Tables and rows, retried while the database is down; False: stay out."""
+        """Tables and rows, retried while the database is down or its schema keeps this worker
+        out; False: out for good (a schema newer than this code) or leaving. Never raises."""
         while not self._leaving.is_set():
             try:
                 self.store.ensure_schema()
                 self.store.ensure_rows(self.locks)
                 if self.on_setup is not None:
                     self.on_setup(self.store)
-            except SchemaTooNew as exc:
-                logger.error("%s; this worker stays out of the election", exc)
-                for lk in self.locks.values():
-                    lk.last_error = str(exc)
-                return False
             except SQLAlchemyError as exc:
                 self.health.failed(exc)
                 self._leaving.wait(self.health.backoff)
+            except Exception as exc:  # SchemaError, or a database state we cannot read
+                why = str(exc) if isinstance(exc, SchemaError) else f"unreadable state: {exc!r}"
+                self._report(f"{why}; this worker stays out of the election", exc)
+                if isinstance(exc, SchemaError) and not exc.fixed_in_database:
+                    return False
+                self._leaving.wait(MAX_BACKOFF)  # it may be fixed in the database: look again
             else:
                 self.health.ok()
+                if self.error is not None:
+                    logger.warning("the lease schema is usable now: this worker joins the election")
+                self.error = None
                 return True
         return False
+
+    def _report(self, message: str, exc: Exception) -> None:
+        """One ERROR per change of what is wrong (a traceback only for what is not ours)."""
+        if message != self.error:
+            logger.error(message, exc_info=not isinstance(exc, SchemaError))
+        self.error = message
 
     def _handover(self) -> bool:
         """Step down everywhere and free the leases; True once nothing is held."""

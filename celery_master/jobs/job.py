@@ -12,7 +12,11 @@ from ..runtime import REAL, EventLike, Runtime
 from ..settings import TIMING_NAMES, resolve_job_settings
 from ..store.schema import MAX_LOCK_NAME
 
-__all__ = ["MasterContext", "MasterJob", "validate_lock_name"]
+__all__ = ["MAX_WEIGHT", "MasterContext", "MasterJob", "validate_lock_name"]
+
+#: a worker's load (the sum of the weights it holds) lives in a 32-bit integer column: this
+#: bound keeps the sum of 2,000 lock names of the largest weight inside it
+MAX_WEIGHT = 1_000_000
 
 JobCallable = Callable[["MasterContext"], Any]
 
@@ -67,9 +71,11 @@ class MasterJob:
                 f"allowed are {', '.join((*TIMING_NAMES, 'weight', 'prefer'))}"
             )
         weight = self.options.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
             raise ConfigurationError(
-                f"option weight={weight!r} for {self.lock_name!r} must be an integer >= 1"
+                f"option weight={weight!r} for {self.lock_name!r} must be an integer from 1 to "
+                f"{MAX_WEIGHT:,}: weights are relative, and the load a worker holds (the sum of "
+                "its weights) is stored in a 32-bit integer column"
             )
         prefer = self.options.get("prefer")
         if prefer is not None and (not isinstance(prefer, str) or not prefer.strip()):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..holder import Holder
 from ..store.leases import Lease
+from .printable import printable
 
 __all__ = [
     "DISABLED",
@@ -46,8 +47,9 @@ class Finding:
     message: str
 
     def line(self) -> str:
+        """One line whatever the stored text in it (see printable)."""
         where = f"{self.lock_name}: " if self.lock_name is not None else ""
-        return f"{LABELS.get(self.code, 'OK')} {where}{self.message}"
+        return printable(f"{LABELS.get(self.code, 'OK')} {where}{self.message}")
 
 
 def progress_age(lease: Lease) -> float | None:

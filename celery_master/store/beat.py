@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import and_, select
 
-from .leases import BEAT, HISTORY, LeaseStore
+from .history import record
+from .leases import BEAT, LeaseStore
 
 __all__ = ["BeatRow", "BeatState"]
 
@@ -54,16 +55,8 @@ class BeatState:
         with self.store.engine.begin() as conn:
             ctx.fence(conn)
             if takeover is not None:
-                conn.execute(
-                    HISTORY.insert().values(
-                        lock_name=self.lock_name,
-                        at=self.store.now,
-                        event="beat-takeover",
-                        holder=ctx.holder,
-                        epoch=ctx.epoch,
-                        detail=takeover[:2000],
-                    )
-                )
+                event = (self.lock_name, "beat-takeover", ctx.holder, ctx.epoch, takeover[:2000])
+                record(conn, self.store.now, [event])
             conn.execute(
                 BEAT.delete().where(BEAT.c.lock_name == self.lock_name, BEAT.c.name.not_in(names))
             )

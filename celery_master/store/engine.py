@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..errors import ConfigurationError
-from ..redact import mask_url
+from ..redact import mask_url, redact, url_secrets, userinfo
 
 __all__ = ["Dialect", "create_lease_engine", "mask_url", "parse_url", "sqlite_path"]
 
@@ -30,12 +30,26 @@ class Dialect(enum.Enum):
 
 
 def parse_url(url: str | URL) -> URL:
-    """Parse a lease database URL; a bad one gets a message naming the setting."""
+    """Parse a lease database URL; a bad one gets a message naming the setting.
+
+    The parser's own message is passed on without the URL's secrets (SQLAlchemy
+    2.0.0-2.0.40 repeat the whole URL in it). A userinfo with an unencoded
+    ``@`` is refused before parsing: SQLAlchemy splits at the first ``@`` and
+    would take the tail of the password for the host, and every driver error
+    would show it.
+    """
+    written = userinfo(url) if isinstance(url, str) else None
+    if written is not None and "@" in written.partition(":")[2]:
+        raise ConfigurationError(
+            f"master_database_url {mask_url(url)!r} has an unencoded '@' in its password, "
+            "which would be read as the start of the host: percent-encode it as %40"
+        )
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError, TypeError) as exc:
         raise ConfigurationError(
-            f"master_database_url {mask_url(str(url))!r} is not a database URL ({exc}): "
+            f"master_database_url {mask_url(str(url))!r} is not a database URL "
+            f"({redact(str(exc), url_secrets(str(url)))}): "
             "use e.g. postgresql+psycopg2://user:pw@host/db or sqlite:////abs/path.sqlite3"
         ) from None
     dialect_of(parsed)

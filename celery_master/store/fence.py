@@ -15,6 +15,8 @@ from sqlalchemy import Connection, and_, event, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import NotMaster
+from ..health import first_line
+from ..redact import url_secrets
 from .engine import Dialect
 from .tables import LEASE
 
@@ -52,7 +54,8 @@ def _explain(context: Any) -> None:
     raise NotMaster(
         lock_name,
         epoch,
-        f"the database ended this fenced transaction ({str(error.orig).strip().splitlines()[0]}): "
+        f"the database ended this fenced transaction "
+        f"({first_line(error, url_secrets(conn.engine.url))}): "
         f"a fenced transaction idle for {hold_ms} ms is ended by design, so that a paused "
         "master cannot hold the fence; keep fenced transactions short and busy",
     ) from error
@@ -92,6 +95,6 @@ def fence_term(
         upd = LEASE.update().where(cond).values(epoch=LEASE.c.epoch)
         return conn.execute(upd).rowcount == 1
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        reason = first_line(exc, url_secrets(conn.engine.url))
         why = f"the fence could not be confirmed: {reason}"
         raise NotMaster(lock_name, epoch, why) from exc

@@ -18,18 +18,21 @@ from .tables import HISTORY
 __all__ = ["KEEP_PER_LOCK", "Event", "read_history", "record"]
 
 KEEP_PER_LOCK = 1000
-TRIM_EVERY = 64  # a lock name is trimmed when one of its rows gets an id divisible by this
 
 #: (lock name, event, holder or who, epoch, detail)
 Event = tuple[str, str, "str | None", "int | None", "str | None"]
 
 
 def record(conn: Connection, now: ColumnElement[float], events: Iterable[Event]) -> None:
-    """Append ``events``; now and then keep only the newest KEEP_PER_LOCK rows of a lock name.
+    """Append ``events``, then keep only the newest KEEP_PER_LOCK rows of each name written.
 
-    Trimming at every event would cost a hand-over a statement; trimming when a
-    row's id is a multiple of TRIM_EVERY bounds each name at about KEEP_PER_LOCK
-    + TRIM_EVERY rows, and a name flooded with events is the one trimmed most.
+    Every write path goes through here (the election, operators, HA beat's
+    takeovers), and each trims the names it wrote at once: a bound by count
+    per name holds whatever the pattern of ids (two names that always hand
+    over together land on alternate ids, which a trim keyed on the id would
+    never reach for one of them), and a name's last write (``forgotten``)
+    leaves it bounded too. A trim is one DELETE per name written, on the
+    lock-name index.
     """
     rows = [
         {"lock_name": n, "event": ev, "holder": h, "epoch": e, "detail": d}
@@ -37,12 +40,8 @@ def record(conn: Connection, now: ColumnElement[float], events: Iterable[Event])
     ]
     if not rows:
         return
-    inserted = conn.execute(
-        HISTORY.insert().values(at=now).returning(HISTORY.c.id, HISTORY.c.lock_name),
-        rows,
-    ).all()
-    due = {name for row_id, name in inserted if row_id % TRIM_EVERY == 0}
-    for name in due:
+    conn.execute(HISTORY.insert().values(at=now), rows)
+    for name in dict.fromkeys(row["lock_name"] for row in rows):
         oldest_kept = (
             select(HISTORY.c.id)
             .where(HISTORY.c.lock_name == name)

@@ -7,6 +7,8 @@ on them (see elector.py for the monotonic rules).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -24,7 +26,13 @@ from sqlalchemy import (
     true,
 )
 
-__all__ = ["MAX_LOCK_NAME", "SCHEMA_VERSION", "add_missing_columns", "build_tables"]
+__all__ = [
+    "MAX_LOCK_NAME",
+    "SCHEMA_VERSION",
+    "add_missing_columns",
+    "build_tables",
+    "missing_columns",
+]
 
 SCHEMA_VERSION = 2  # 2: lease.yielded_to/progress_at/progress_within, member.app/locks
 MAX_LOCK_NAME = 200
@@ -98,6 +106,18 @@ def build_tables(metadata: MetaData) -> tuple[Table, Table, Table, Table, Table]
     return lease, meta, history, beat, member
 
 
+def missing_columns(conn: Connection, metadata: MetaData) -> list[tuple[Table, Column[Any]]]:
+    """The columns that tables created by an older version lack (missing tables aside)."""
+    inspector = inspect(conn)
+    missing = []
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        missing += [(table, column) for column in table.columns if column.name not in present]
+    return missing
+
+
 def add_missing_columns(conn: Connection, metadata: MetaData) -> list[str]:
     """The upgrade path: add the columns a table created by an older version lacks.
 
@@ -107,23 +127,16 @@ def add_missing_columns(conn: Connection, metadata: MetaData) -> list[str]:
     PostgreSQL, by the write lock on SQLite); returns what it added.
     """
     added = []
-    inspector = inspect(conn)
-    for table in metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            ddl = column.type.compile(dialect=conn.dialect)
-            default = ""
-            if column.server_default is not None:
-                arg = column.server_default.arg  # type: ignore[attr-defined]
-                value = arg if isinstance(arg, str) else arg.compile(dialect=conn.dialect)
-                default = f" DEFAULT {value}"
-            null = "" if column.nullable or not default else " NOT NULL"
-            conn.exec_driver_sql(
-                f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}{default}{null}'
-            )
-            added.append(f"{table.name}.{column.name}")
+    for table, column in missing_columns(conn, metadata):
+        ddl = column.type.compile(dialect=conn.dialect)
+        default = ""
+        if column.server_default is not None:
+            arg = column.server_default.arg  # type: ignore[attr-defined]
+            value = arg if isinstance(arg, str) else arg.compile(dialect=conn.dialect)
+            default = f" DEFAULT {value}"
+        null = "" if column.nullable or not default else " NOT NULL"
+        conn.exec_driver_sql(
+            f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}{default}{null}'
+        )
+        added.append(f"{table.name}.{column.name}")
     return added

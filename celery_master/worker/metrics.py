@@ -23,6 +23,7 @@ from typing import Any
 from celery import signals
 
 from ..errors import ConfigurationError
+from .scrape import ScrapeServer
 
 __all__ = ["MasterMetrics", "metrics_address", "metrics_port"]
 
@@ -107,8 +108,7 @@ class MasterMetrics:
             registry=self.registry,
         )
         self.registry.register(_RoleCollector(lambda: self.elector))
-        self._server: Any = None
-        self._thread: Any = None
+        self._server: ScrapeServer | None = None
 
     # -- callbacks (elector thread, Celery's publishing threads) -------------------
     def role_changed(self, lock_name: str, role: Any, epoch: int, reason: str) -> None:
@@ -143,12 +143,11 @@ class MasterMetrics:
 
     # -- serving -------------------------------------------------------------------
     def start(self, port: int, address: str = "0.0.0.0") -> bool:
-        """Serve /metrics; False (logged once) when the port cannot be bound."""
-        from prometheus_client import start_http_server
-
+        """Serve /metrics (see scrape.py for the bounds); False (logged once) when the port
+        cannot be bound."""
         signals.before_task_publish.connect(self._on_publish, weak=False)
         try:
-            self._server, self._thread = start_http_server(port, address, registry=self.registry)
+            self._server = ScrapeServer(self.registry, address, port)
         except OSError as exc:
             logger.error(
                 "metrics not served: cannot listen on %s:%d (%s); set master_metrics_port "
@@ -158,16 +157,15 @@ class MasterMetrics:
                 exc.strerror or exc,
             )
             return False
+        self._server.start()
         logger.info("metrics on http://%s:%d/metrics", address, port)
         return True
 
     def stop(self) -> None:
         signals.before_task_publish.disconnect(self._on_publish)
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(5)
-            self._server = self._thread = None
+            self._server.stop()
+            self._server = None
 
     @classmethod
     def serve(cls, app: Any, environ: Mapping[str, str] | None = None) -> MasterMetrics | None:

@@ -190,7 +190,6 @@ def test_history_is_trimmed_per_lock_name_so_a_flood_keeps_the_others(
     from celery_master.store import history
 
     monkeypatch.setattr(history, "KEEP_PER_LOCK", 5)
-    monkeypatch.setattr(history, "TRIM_EVERY", 1)
     for _ in range(3):
         store.set_enabled("B", False, "ops", "quiet one")
         store.set_enabled("B", True, "ops", None)

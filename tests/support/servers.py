@@ -210,16 +210,22 @@ class PgServer:
 
 
 class RedisServer:
-    """One Redis on a port of its own, with ``databases`` numbered databases to hand out."""
+    """One Redis on a port of its own, with ``databases`` numbered databases to hand out.
+
+    ``args`` are more server options (e.g. ``--requirepass``, as a compose file
+    starts it); ``password`` is what this class's own clients authenticate with.
+    """
 
     databases = 64
 
-    def __init__(self) -> None:
+    def __init__(self, args: list[str] | None = None, password: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="celery-master-redis-"))
         self.log = self.dir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.run_id = ""
+        self.args = list(args or [])
+        self.password = password
         try:
             _on_free_ports(self._start_on)
         except BaseException:
@@ -231,7 +237,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
             + ["--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log)]
-            + ["--databases", str(self.databases)],
+            + ["--databases", str(self.databases), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -259,7 +265,7 @@ class RedisServer:
         import redis
 
         try:
-            client = redis.Redis(port=self.port, socket_timeout=2)
+            client = redis.Redis(port=self.port, socket_timeout=2, password=self.password)
             try:
                 return client.info("server")  # type: ignore[no-any-return]
             finally:
@@ -278,7 +284,7 @@ class RedisServer:
     def flushdb(self, db: int) -> None:
         import redis
 
-        client = redis.Redis(port=self.port, db=db, socket_timeout=10)
+        client = redis.Redis(port=self.port, db=db, socket_timeout=10, password=self.password)
         try:
             client.flushdb()
         finally:

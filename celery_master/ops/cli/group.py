@@ -15,12 +15,16 @@ import click
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from ... import health
 from ...errors import ConfigurationError
 from ...jobs.job import validate_lock_name
+from ...redact import url_secrets
 from ...settings import resolve_database_url
 from ...store.engine import create_lease_engine, mask_url
 from ...store.leases import LEASE, LeaseStore
+from ...store.setup import SchemaError
 from ...worker.control import broadcast_hint
+from ..printable import printable
 
 __all__ = [
     "NO_TABLES",
@@ -31,14 +35,15 @@ __all__ = [
     "lock_arg",
     "master",
     "open_store",
+    "say",
     "stamp",
     "table",
     "who",
 ]
 
 NO_TABLES = (
-    "the celery-master tables do not exist yet in {url}: the first worker with a master job "
-    "creates them"
+    "the celery-master tables do not exist yet in {url}: `celery master migrate` (or the "
+    "first worker with a master job, where its database role may) creates them"
 )
 
 
@@ -50,8 +55,9 @@ def who() -> str:
     return f"{user}@{socket.gethostname()} (celery master)"
 
 
-def first_line(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+def first_line(exc: BaseException, url: str) -> str:
+    """A database error in one line, without the secrets of the database ``url``."""
+    return health.first_line(exc, url_secrets(url), limit=300)
 
 
 def database_url(ctx: click.Context) -> str:
@@ -62,17 +68,24 @@ def database_url(ctx: click.Context) -> str:
 
 
 def open_store(ctx: click.Context, create: bool = True) -> LeaseStore:
-    """The lease store; ``create=False`` for read-only commands (never creates tables)."""
+    """The lease store; ``create=False`` for read-only commands (never creates tables).
+
+    A schema this command cannot use is one line and exit 1, like a database error.
+    """
     url = database_url(ctx)
     try:
         store = LeaseStore(create_lease_engine(url, timeout=5.0))
         if create:
             store.ensure_schema()
+        else:
+            store.read_schema_version()
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     except SQLAlchemyError as exc:
         raise click.ClickException(
-            f"lease database {mask_url(url)} unreachable: {first_line(exc)}"
+            f"lease database {mask_url(url)} unreachable: {first_line(exc, url)}"
         ) from None
     return store
 
@@ -97,8 +110,9 @@ def stamp(value: float | None) -> str | None:
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """Stored text escaped (see printable): one row, one line."""
     cells = [[h for _, h in columns]] + [
-        ["-" if r[k] is None else str(r[k]) for k, _ in columns] for r in rows
+        ["-" if r[k] is None else printable(r[k]) for k, _ in columns] for r in rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     return "\n".join(
@@ -106,26 +120,35 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     )
 
 
+def say(line: str, err: bool = False) -> None:
+    """Print one line; stored text in it is escaped, so it stays one line (see printable)."""
+    click.echo(printable(line), err=err)
+
+
 def hint(ctx: click.Context, lock_name: str) -> None:
     try:
         broadcast_hint(ctx.obj.app, [lock_name])
     except Exception as exc:  # the change is in SQL; workers see it at their next interval
-        click.echo(
-            f"note: no hint sent ({exc}); workers see the change within an interval", err=True
-        )
+        say(f"note: no hint sent ({exc}); workers see the change within an interval", err=True)
 
 
 class _MasterGroup(click.Group):
-    """Database errors after connecting are one line naming the (masked) database."""
+    """Database errors after connecting are one line naming the (masked) database; every
+    error message is escaped (it may quote stored text)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = printable(exc.message)  # type: ignore[misc]  # Final in typing only
+            raise
         except SQLAlchemyError as exc:
-            url = mask_url(resolve_database_url(ctx.obj.app.conf))
+            url = resolve_database_url(ctx.obj.app.conf)
             down = isinstance(exc, OperationalError | InterfaceError)
             state = "unreachable" if down else "failed"
-            raise click.ClickException(f"lease database {url} {state}: {first_line(exc)}") from None
+            raise click.ClickException(
+                f"lease database {mask_url(url)} {state}: {first_line(exc, url)}"
+            ) from None
 
 
 @click.group(name="master", cls=_MasterGroup)

@@ -29,6 +29,7 @@ from .group import (
     lock_arg,
     master,
     open_store,
+    say,
     stamp,
     table,
 )
@@ -88,25 +89,26 @@ def _check(ctx: click.Context, names: list[str], every: bool) -> None:
     url = database_url(ctx)
     try:
         store = LeaseStore(create_lease_engine(url, timeout=5.0))
+        store.read_schema_version()  # a schema_version that is not one: unreadable (3)
         leases = store.read() if has_tables(store) else {}
     except (SQLAlchemyError, ConfigurationError) as exc:
         finding = probe.Finding(
-            None, probe.UNREADABLE, f"lease database {mask_url(url)}: {first_line(exc)}"
+            None, probe.UNREADABLE, f"lease database {mask_url(url)}: {first_line(exc, url)}"
         )
-        click.echo(finding.line())
+        say(finding.line())
         ctx.exit(probe.UNREADABLE)
     wanted = set(names) or set(locks)
     if every:
         wanted |= set(leases)
     if not wanted:
-        click.echo("UNKNOWN: this app has no master job and no lock name was named")
+        say("UNKNOWN: this app has no master job and no lock name was named")
         ctx.exit(probe.UNREADABLE)
     renewal = resolve_job_settings(app.conf, {}).heartbeat_interval
     findings = probe.judge_all(wanted, leases, {n: locks.get(n, renewal) for n in wanted})
     for finding in findings:
-        click.echo(finding.line())
+        say(finding.line())
     if not findings:
-        click.echo(f"OK: {len(wanted)} lock name(s) have a live master")
+        say(f"OK: {len(wanted)} lock name(s) have a live master")
     ctx.exit(probe.exit_code(findings))
 
 
@@ -145,7 +147,7 @@ def status(
         row["progress"] = (
             None if age is None else f"{age:.1f}s ago" + (f" (due {within:g}s)" if within else "")
         )
-    click.echo(f"lease database: {mask_url(store.engine.url)}")
+    say(f"lease database: {mask_url(store.engine.url)}")
     click.echo(
         table(
             rows,
@@ -163,7 +165,7 @@ def status(
     )
     for row in rows:
         if len(row["apps"]) > 1:
-            click.echo(
+            say(
                 f"warning: {row['lock_name']!r} is registered by several apps "
                 f"({', '.join(row['apps'])}): lock names are global in the database",
                 err=True,

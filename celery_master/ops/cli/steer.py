@@ -14,7 +14,7 @@ from ...holder import Holder
 from ...store.engine import mask_url
 from ...worker.control import validate_reason
 from ..watch import silent_for_a_ttl, wait_for_new_holder, wait_until_stopped
-from .group import NO_TABLES, has_tables, hint, lock_arg, master, open_store, who
+from .group import NO_TABLES, has_tables, hint, lock_arg, master, open_store, say, who
 
 __all__ = ["disable", "enable", "forget", "release"]
 
@@ -26,10 +26,8 @@ def set_enabled(ctx: click.Context, lock_name: str, enabled: bool, reason: str |
     changed, _lease = store.set_enabled(name, enabled, who(), reason)
     word = "enabled" if enabled else "disabled"
     if not known:
-        click.echo(
-            f"warning: {name!r} was unknown to the database; the state is persisted", err=True
-        )
-    click.echo(f"{name}: {word}" + ("" if changed else " (already)"))
+        say(f"warning: {name!r} was unknown to the database; the state is persisted", err=True)
+    say(f"{name}: {word}" + ("" if changed else " (already)"))
     hint(ctx, name)
 
 
@@ -65,7 +63,7 @@ def disable(
             f"{lock_name}: {seen.node} still runs it after {seen.seconds:.1f}s"
         )
     how = "its silent holder's lease expired" if lease and lease.holder else "its master stopped"
-    click.echo(f"{lock_name}: no worker runs it ({how}, {seen.seconds:.2f}s)")
+    say(f"{lock_name}: no worker runs it ({how}, {seen.seconds:.2f}s)")
 
 
 @master.command()
@@ -96,7 +94,7 @@ def release(ctx: click.Context, lock_name: str, wait: bool, timeout: float) -> N
     # only the term seen above: a release never reaches the next master by accident
     changed, _lease = store.request_release(name, who(), holder=before.holder, epoch=before.epoch)
     old = Holder.node_of(before.holder)
-    click.echo(f"{name}: release requested from {old}" + ("" if changed else " (already)"))
+    say(f"{name}: release requested from {old}" + ("" if changed else " (already)"))
     hint(ctx, name)
     if not wait:
         return
@@ -105,7 +103,7 @@ def release(ctx: click.Context, lock_name: str, wait: bool, timeout: float) -> N
         now = f"still {seen.node}" if seen.lease and seen.lease.holder else "no master"
         raise click.ClickException(f"{name}: no other worker took over in {timeout:g}s ({now})")
     epoch = seen.lease.epoch if seen.lease else "?"
-    click.echo(f"{name}: {seen.node} is master (epoch {epoch}) after {seen.seconds:.2f}s")
+    say(f"{name}: {seen.node} is master (epoch {epoch}) after {seen.seconds:.2f}s")
 
 
 @master.command()
@@ -123,7 +121,7 @@ def forget(ctx: click.Context, lock_name: str) -> None:
         raise click.ClickException(f"unknown lock name {name!r}: known are {known}")
     seen = None
     if lease.holder:  # a live holder renews within its ttl; a dead one's lease stays put
-        click.echo(
+        say(
             f"{name!r} is held by {Holder.node_of(lease.holder)}: watching it for its ttl "
             f"({lease.ttl or 0:.1f}s) to see whether that worker is still alive"
         )
@@ -142,4 +140,4 @@ def forget(ctx: click.Context, lock_name: str) -> None:
         )
     if not store.forget(name, who(), seen):
         raise click.ClickException(f"{name!r} was taken meanwhile; nothing removed")
-    click.echo(f"{name}: forgotten (its history stays; a worker that registers it recreates it)")
+    say(f"{name}: forgotten (its history stays; a worker that registers it recreates it)")
