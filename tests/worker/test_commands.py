@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 from celery_master.election.elector import Elector
@@ -10,6 +11,7 @@ from celery_master.holder import Holder
 from celery_master.jobs.job import MasterJob
 from celery_master.settings import JobSettings
 from celery_master.store import LeaseStore, create_lease_engine
+from celery_master.worker.broadcast import CLOCK_SKEW
 from celery_master.worker.control import mastercontrol
 from celery_master.worker.offload import Offload
 
@@ -70,3 +72,36 @@ def test_replies_never_echo_more_than_a_lock_name(sqlite_url):
         mastercontrol(state, "disable", huge),
     ):
         assert "error" in reply and len(reply["error"]) < 1000, len(str(reply))
+
+
+def late_broadcast(state, seconds_late: float):
+    """The consumer step's view of a broadcast read ``seconds_late`` after its kombu expires."""
+    from celery.worker.consumer.control import Control
+
+    from celery_master.worker.broadcast import Broadcasts
+
+    control = Control.__new__(Control)  # the step object alone: its pidbox consumer's callbacks
+    control.box = SimpleNamespace(consumer=SimpleNamespace(callbacks=[]))
+    state.consumer.steps = [control]
+    broadcasts = state.consumer.master_broadcasts = Broadcasts(state.consumer)
+    broadcasts.attach()
+    message = SimpleNamespace(headers={"expires": time.time() - seconds_late})
+    broadcasts.on_message({}, message)
+
+
+def test_a_sender_supplied_time_never_widens_what_is_accepted(sqlite_url):
+    """Regression: an hour-late disable carrying issued_at=1e18 and who="ops" was applied and
+    recorded as changed_by=ops; nothing in the package sends issued_at."""
+    store, state = state_of(sqlite_url)
+    store.ensure_rows([LOCK])
+    late_broadcast(state, 3600)
+    reply = mastercontrol(state, "disable", LOCK, "late", issued_at=1e18, who="ops")
+    assert "refused" in reply.get("error", ""), reply
+    assert store.read([LOCK])[LOCK].enabled and store.history(LOCK) == []
+
+
+def test_expires_within_the_allowed_clock_skew_is_not_late(sqlite_url):
+    store, state = state_of(sqlite_url)
+    store.ensure_rows([LOCK])
+    late_broadcast(state, CLOCK_SKEW / 2)  # the sender's clock may run ahead of this worker's
+    assert mastercontrol(state, "disable", LOCK, "on time")["ok"]["enabled"] is False
