@@ -15,6 +15,7 @@ libfaketime still journals on the one timeline of the host).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -48,6 +49,9 @@ if _fs:
 else:
     app.conf.broker_url = os.environ.get("JOURNAL_BROKER_URL", "memory://")
 app.conf.worker_hijack_root_logger = False
+# kombu's DEBUG line for every broadcast a worker receives: the tests read from a worker's
+# own log when a hint or a command reached it (tests/support/handover.py)
+logging.getLogger("kombu.pidbox").setLevel(logging.DEBUG)
 app.conf.broker_connection_retry_on_startup = True
 
 JOURNAL = os.environ.get("JOURNAL_FILE", "journal.jsonl")
