@@ -186,13 +186,15 @@ def beat_slots(
     """Sends per wall-clock slot of one app's beat: duplicates, and lost slots outside windows.
 
     Sends of a worker whose clock was stepped are left out, and so are the slots
-    around them (that worker's beat sent by its own, stepped, wall clock).
+    from its first send to the end: its beat sent by its own, stepped, wall clock
+    and stored those slots, and the next master resumes from them (Celery beat
+    schedules by wall time), an hour off.
     """
     mine = [e for e in sends if e.get("slot") is not None and e["pid"] not in left_out_pids]
     stepped = [e["t"] for e in sends if e["pid"] in left_out_pids]
     windows = list(excluded)
     if stepped:
-        windows.append((min(stepped) - period, max(stepped) + 2 * period))
+        windows.append((min(stepped) - period, finished + period))
     per_slot = Counter(e["slot"] for e in mine)
     duplicates = {slot: n for slot, n in per_slot.items() if n > 1}
     first = math.floor(began / period) + 1
