@@ -26,6 +26,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from bench.chaosevidence import print_evidence
+
 __all__ = [
     "ALLOWED_ERRORS",
     "Window",
@@ -300,11 +302,13 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"    traceback after: {line}")
     for reason, n in r["allowed_errors"].items():
         print(f"    allowed: {n} x {reason}")
+    print_evidence(r)
     late = r["late_broadcasts"]
     if late["n"]:
         print(
             f"{'late broadcasts (clean / n)':<48}{late['clean']} / {late['n']}: "
-            f"{late['extra_handovers']} extra hand-overs, {late['undone_enables']} enables undone"
+            f"releases applied {late['releases_applied']} (once each is right), "
+            f"{late['undone_enables']} enables undone"
         )
     print(f"{'lock':<16}{'availability':>13}{'bins':>6}{'longest gap':>12}  no master at (s)")
     for lock, a in r["availability"].items():
