@@ -3,8 +3,8 @@
 A standby that holds no other lock reads a held lease again one check
 interval after its last read; the ttl it watches and the round's cap of
 10 x min(heartbeat, check) come later still (election/lockstate.py,
-election/round.py). ``HINT_TIMING`` makes both intervals 10 x the longest
-bound below, so once every standby has read the held lease (``wait_read``,
+election/round.py). ``HINT_TIMING`` makes both intervals at least 10 x the
+longest bound below, so once every standby has read the held lease (``wait_read``,
 all after ``booted``), none reads it again before ``booted + QUIET``: a new
 master that started by then, within its bound of the broadcast, was woken by
 the broadcast. The new master's own log says so too: kombu logs every
