@@ -126,7 +126,9 @@ def test_release_wait_prints_the_new_holder_within_the_graceful_bound(make_clust
     first = wait_for(cluster.master_pid, 15, "a master")
     wait_read(cluster, LOCK, cluster.worker(first))
     asked = time.time()
-    done = cluster.celery("master", "release", LOCK, "--wait", "--timeout", str(2 * QUIET))
+    done = cluster.celery(
+        "master", "release", LOCK, "--wait", "--timeout", str(2 * QUIET), timeout=3 * QUIET
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     line = done.stdout.strip().splitlines()[-1]
     took = float(re.search(r"after ([\d.]+)s$", line).group(1))
