@@ -15,11 +15,17 @@ workers, unequal weights, a lock that runs on one worker only, and a ``prefer``
 glob matching a node that does not run that lock. ``--beat``: HA beat on every
 worker of the homogeneous cluster.
 
-It prints (bench/chaosreport.py) faults by kind; overlaps; fenced writes
-accepted from a stale epoch (commit order); availability of every lock (share
+Each kind asked for runs once (in a seeded order) before any kind twice; a
+late broadcast waits until every other fault's window has closed, so it is
+measured alone. It prints (bench/chaosreport.py) faults by kind, and kinds
+that cannot run here (e.g. broker_stop on the filesystem broker) or never got
+to; overlaps; fenced writes accepted from a stale epoch (commit order) and
+those the fence refused (bench/chaosevidence.py: the evidence that stale
+writes were attempted); the wall-clock offsets seen on the stepped worker and
+on the database server; availability of every lock (share
 of 1 s bins with a master, outside each fault's failover window); beat sends
 per slot (duplicates, lost slots outside failover windows); late broadcasts
-(hand-overs per release, enables undone); failover percentiles; ERROR lines
+(how often each release was applied, enables undone); failover percentiles; ERROR lines
 (an allow-list names the expected ones); recovery failures; locks left without
 a master at the end; worker crashes. `--seed` makes the schedule reproducible.
 """
@@ -132,7 +138,12 @@ class Soak(FaultsMixin, AccountingMixin):
         self._beat_engine: sa.Engine | None = None
         self._next_look = 0.0
         self.worker_clock = self.faketime_env("worker") if "clock_worker" in clocks else {}
-        self.kinds = self.applicable(self.kinds)
+        self.skipped = {k: why for k in self.kinds if (why := self.not_applicable(k))}
+        self.kinds = [k for k in self.kinds if k not in self.skipped]
+        self.unplayed = sorted(set(self.kinds))
+        random.Random(args.seed).shuffle(self.unplayed)
+        self.waiting: str | None = None
+        self.db_clock_offsets: list[float] = []
 
     # -- plumbing used by the faults ----------------------------------------------
     def now(self) -> float:
@@ -238,7 +249,7 @@ class Soak(FaultsMixin, AccountingMixin):
                 self.observe_beat()
                 quiet = self.now() < self.quiet_until
                 if now >= next_fault and now < end and self.kinds and not quiet:
-                    self.inject(self.rng.choice(self.kinds))
+                    self.inject(self.pick())
                     next_fault = now + self.rng.expovariate(1 / self.args.every)
                 time.sleep(0.05)
             for path in self.clock_files.values():

@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from bench import chaosevidence as evidence
 from bench import chaosreport as rep
 
 BEAT_PERIOD = 1.0
@@ -31,6 +32,9 @@ class AccountingMixin:
     url: str
     ttl: float
     check: float
+    kinds: list[str]
+    skipped: dict[str, str]
+    db_clock_offsets: list[float]
 
     def locks(self) -> list[str]:
         raise NotImplementedError
@@ -67,15 +71,16 @@ class AccountingMixin:
             stale, fenced, judged = rep.stale_fenced_writes(self.url)
         except sa.exc.OperationalError as exc:  # never came back: the report says so
             stale, fenced, judged = -1, 0, f"not judged, database unreachable: {exc.orig}"
-        stepped = {
-            w.pid
-            for c in self.clusters.values()
-            for w in c.workers
-            if "FAKETIME_TIMESTAMP_FILE" in w.extra_env
-            and any(k == "clock_worker" for k, _, _ in self.faults)
-        }
-        beat = {
-            app.name: rep.beat_slots(  # what the broker accepted: a retried publish is one send
+        stepping = any(k == "clock_worker" for k, _, _ in self.faults)
+        beat = {}
+        for app in self.layout.apps:
+            if not app.beat_workers:
+                continue
+            workers = self.clusters[app.name].workers
+            # this app's stepped workers only: another app's stepped beat is not this one's
+            faked = {w.pid for w in workers if "FAKETIME_TIMESTAMP_FILE" in w.extra_env}
+            stepped = faked if stepping else set()
+            beat[app.name] = rep.beat_slots(  # what the broker accepted: a retry is one send
                 self.clusters[app.name].journal.events("published"),
                 BEAT_PERIOD,
                 began,
@@ -83,12 +88,11 @@ class AccountingMixin:
                 self.windows() + self.stepped_windows(stepped),
                 stepped,
             )
-            for app in self.layout.apps
-            if app.beat_workers
-        }
         bad, allowed, tracebacks = rep.error_lines(
             w.log_text() for c in self.clusters.values() for w in c.workers
         )
+        journals = [c.journal for c in self.clusters.values()]
+        injected = Counter(k for k, _, _ in self.faults)
         return {
             "seed": self.args.seed,
             "mode": self.layout.name,
@@ -99,12 +103,25 @@ class AccountingMixin:
             "check_interval": self.check,
             "db": self.args.db,
             "broker": self.args.broker,
-            "faults": dict(Counter(k for k, _, _ in self.faults)),
+            "faults": dict(injected),
+            "not_applicable": self.skipped,
+            "never_ran": sorted(set(self.kinds) - set(injected)),
             "fault_log": [(k, round(at - began, 1), round(w, 1)) for k, at, w in self.faults],
             "overlaps": overlaps,
             "stale_fenced_writes_accepted": stale,
             "fenced_writes": fenced,
             "stale_judged_by": judged,
+            "stale_writes_refused": evidence.fence_refusals(
+                [e for j in journals for e in j.events("fence-refused")]
+            ),
+            "stale_writes_passed": sum(len(j.events("fence-passed-after-term")) for j in journals),
+            "clock_steps": {
+                "worker": evidence.clock_steps(
+                    injected["clock_worker"],
+                    evidence.worker_clock_offsets([e for j in journals for e in j.events("clock")]),
+                ),
+                "database": evidence.clock_steps(injected["clock_db"], self.db_clock_offsets),
+            },
             "availability": availability,
             "beat": beat,
             "late_broadcasts": self.late_outcomes(),
@@ -126,23 +143,21 @@ class AccountingMixin:
         return lost
 
     def late_outcomes(self) -> dict[str, Any]:
-        """Per late broadcast: hand-overs a release caused; enables a late disable undid."""
-        extra, undone, clean = 0, 0, 0
+        """Per late broadcast measured alone: how often a release was applied (once is
+        right: the holder at receipt, never the late reader); enables a late disable undid."""
+        applied, undone, clean = [], 0, 0
         for late in self.late:
             lock, end = late["lock"], late["resumed"] + 2 * self.ttl + self.check + 2
             others = [
-                at
-                for k, at, _ in self.faults
-                if k != "late_broadcast" and late["at"] - self.ttl < at < end
+                (w0, w1)
+                for w0, w1 in self.windows()
+                if w0 != late["at"] and w0 < end and late["at"] - self.ttl < w1
             ]
-            if others:
-                continue  # another fault moved this lock too: not a clean measurement
+            if others or None in (late.get("history_from"), late.get("history_to")):
+                continue  # another fault's window overlaps, or the rows were not readable
             clean += 1
-            starts = [
-                s for s in self.cluster_of(lock).journal.starts(lock) if late["at"] < s["t"] < end
-            ]
             if late["action"] == "release":
-                extra += max(0, len(starts) - 1)
+                applied.append(self.releases_requested(late))
             else:
                 ticks = self.cluster_of(lock).journal.events("tick", lock)
                 undone += not any(
@@ -151,7 +166,24 @@ class AccountingMixin:
                 )
         return {
             "clean": clean,
-            "extra_handovers": extra,
+            "releases_applied": applied,
             "undone_enables": undone,
             "n": len(self.late),
         }
+
+    def releases_requested(self, late: dict[str, Any]) -> int:
+        """``release-requested`` history rows of the lock written during the late window."""
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return int(
+                    conn.execute(
+                        sa.text(
+                            "SELECT count(*) FROM celery_master_history WHERE lock_name = :n "
+                            "AND event = 'release-requested' AND id > :a AND id <= :b"
+                        ),
+                        {"n": late["lock"], "a": late["history_from"], "b": late["history_to"]},
+                    ).scalar()
+                )
+        finally:
+            engine.dispose()

@@ -25,7 +25,14 @@ CLASSIC = [*PROCESS, "db_stop", "db_kill_conns", "db_slow", "broker_stop", "cont
 NEW = ["db_blip", "late_broadcast", "clock_worker", "clock_db"]
 KINDS = [*CLASSIC, *NEW]
 CONTROL = ("control_storm", "late_broadcast")
-OFFSETS = ("+1h", "-1h", "+0")
+OFFSETS = {"worker": ("+1h", "-1h", "+0"), "db": ("-1h", "+0")}
+#: Why the database server's clock is never put ahead of the real one: libfaketime 0.9.10
+#: leaves the clock unfaked inside PostgreSQL's SIGALRM handler, so with an offset of +N s
+#: every statement_timeout, lock_timeout and idle_in_transaction_session_timeout fires N s
+#: late (measured: a 500 ms lock_timeout after 2.5 s at +2 s, never at +1 h). A soak
+#: would then hold the fence and the election's statements far past the bounds the product
+#: sets, which no real clock step does. Between -1 h and true time the clock still steps
+#: both ways, by an hour each.
 LATE_PAUSE = 4.0  # a standby paused this long misses a broadcast sent with a 1 s timeout
 
 
@@ -49,6 +56,10 @@ class FaultsMixin:
     quiet_until: float
     db_down: bool
     clock_files: dict[str, Any]
+    kinds: list[str]
+    unplayed: list[str]  # kinds not injected yet
+    waiting: str | None  # a fault that waits for every window to close
+    db_clock_offsets: list[float]
 
     def now(self) -> float: ...
     def later(self, delay: float, action: Any) -> None: ...
@@ -58,19 +69,45 @@ class FaultsMixin:
     def restart(self, worker: Any, delay: float) -> None: ...
 
     # -- choosing ---------------------------------------------------------------
-    def applicable(self, kinds: list[str]) -> list[str]:
-        def ok(kind: str) -> bool:
-            if kind in DATABASE and self.pg is None:
-                return False
-            if kind == "broker_stop" and self.redis is None:
-                return False
-            if kind == "clock_worker" and "worker" not in self.clock_files:
-                return False
-            return kind != "clock_db" or "db" in self.clock_files
+    def not_applicable(self, kind: str) -> str | None:
+        """Why ``kind`` cannot be injected in this soak (reported, never dropped silently)."""
+        if kind in DATABASE and self.pg is None:
+            return "needs --db postgresql"
+        if kind == "broker_stop" and self.redis is None:
+            return "needs --broker redis (the filesystem broker has no server to stop)"
+        if kind == "clock_worker" and "worker" not in self.clock_files:
+            return "needs libfaketime on a worker"
+        if kind == "clock_db" and "db" not in self.clock_files:
+            return "needs libfaketime on PostgreSQL"
+        return None
 
-        return [k for k in kinds if ok(k)]
+    def pick(self) -> str:
+        """A fault waiting for a quiet cluster first; then each kind once, in a seeded
+        order, before any kind twice: every kind the soak names gets its chance to run."""
+        drawn = self.rng.choice(self.kinds)
+        if self.waiting is not None:
+            return self.waiting
+        return self.unplayed[0] if self.unplayed else drawn
 
     def inject(self, kind: str) -> None:
+        """Inject ``kind`` (or the fault that stands in for it now) and note what ran."""
+        self.waiting = None
+        done = self.inject_now(kind)
+        if done in self.unplayed:
+            self.unplayed.remove(done)
+        elif kind in self.unplayed and self.waiting is None:  # not possible now: later
+            self.unplayed.append(self.unplayed.pop(self.unplayed.index(kind)))
+
+    def busy_until(self) -> float:
+        """When the last fault window open now closes (a control storm's included)."""
+        return max([at + allowed for _k, at, allowed in self.faults] + [self.control_until])
+
+    def inject_now(self, kind: str) -> str | None:
+        if kind == "late_broadcast" and self.busy_until() > self.now() - self.ttl:
+            # measured alone, or not at all: wait until every window has closed a ttl ago
+            self.waiting = kind
+            self.quiet_until = self.busy_until() + self.ttl
+            return None
         if kind in CONTROL and self.now() < self.control_until:
             kind = "db_kill_conns" if self.pg is not None else "sigterm"
         at = self.now()
@@ -78,10 +115,10 @@ class FaultsMixin:
         if kind in PROCESS:
             extra = self.process_fault(kind, at)
             if extra is None:
-                return
+                return None
             allowed += extra
         elif kind in ("db_stop", "db_blip") and self.db_down:
-            return  # it is down already: this fault overlaps the one that stopped it
+            return None  # it is down already: this fault overlaps the one that stopped it
         elif kind == "db_stop":
             down = self.rng.uniform(1, 2 * self.ttl)
             self.db_down = True
@@ -110,12 +147,13 @@ class FaultsMixin:
             allowed = 0
         elif kind == "late_broadcast":
             if not self.late_broadcast(at):
-                return
+                return None
             allowed += LATE_PAUSE
         elif kind in ("clock_worker", "clock_db"):
             self.step_clock("worker" if kind == "clock_worker" else "db")
             allowed = 0  # no clock decides anything: a step must cost nothing
         self.faults.append((kind, at, allowed))
+        return kind
 
     # -- processes --------------------------------------------------------------
     def process_fault(self, kind: str, at: float) -> float | None:
@@ -186,10 +224,28 @@ class FaultsMixin:
 
     # -- clocks -----------------------------------------------------------------
     def step_clock(self, where: str) -> None:
-        """Step a wall clock by writing libfaketime's offset file (read on every call)."""
+        """Step a wall clock by writing libfaketime's offset file (read on every call).
+
+        The stepped worker journals its own wall clock (the journal app); the
+        server's is read back once its libfaketime cache (1 s) has expired.
+        """
         path = self.clock_files[where]
         current = path.read_text().strip()
-        path.write_text(self.rng.choice([o for o in OFFSETS if o != current]) + "\n")
+        path.write_text(self.rng.choice([o for o in OFFSETS[where] if o != current]) + "\n")
+        if where == "db":
+            self.later(2.0, self.read_db_clock)
+
+    def read_db_clock(self) -> None:
+        """The database server's wall clock against the soak's: the evidence a step happened."""
+        engine = sa.create_engine(self.url, connect_args={"connect_timeout": 2})
+        try:
+            with engine.connect() as conn:
+                db = conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())"))
+                self.db_clock_offsets.append(float(db.scalar()) - self.now())
+        except sa.exc.OperationalError:  # down right now (another fault): read it once back
+            self.later(1.0, self.read_db_clock)
+        finally:
+            engine.dispose()
 
     # -- operators --------------------------------------------------------------
     def storm(self) -> None:
@@ -235,22 +291,36 @@ class FaultsMixin:
         action = self.rng.choice(["release", "disable"])
         self.control_until = at + LATE_PAUSE + 2 * self.ttl + self.check + 4
         self.quiet_until = self.control_until  # no other fault moves locks meanwhile
+        late: dict[str, Any] = {"lock": lock, "action": action, "at": at, "master": master}
+        late["history_from"] = self.last_history_id(lock)  # the release's rows come after
         self.pause(standby.pid, LATE_PAUSE)
         words = ["control", "mastercontrol", action, lock, "--timeout", "1"]
         sent = cluster.celery(*words, *(["late"] if action == "disable" else []), timeout=60)
         if action == "disable":
             cluster.celery("master", "enable", lock, timeout=60)
-        self.late.append(
-            {
-                "lock": lock,
-                "action": action,
-                "at": at,
-                "resumed": at + LATE_PAUSE,
-                "master": master,
-                "sent_ok": sent.returncode == 0,
-            }
-        )
+        late.update(resumed=at + LATE_PAUSE, sent_ok=sent.returncode == 0)
+        self.late.append(late)
+
+        def window_closed() -> None:
+            late["history_to"] = self.last_history_id(lock)
+
+        self.later(at + LATE_PAUSE + 2 * self.ttl + self.check + 2 - self.now(), window_closed)
         return True
+
+    def last_history_id(self, lock: str) -> int | None:
+        """The newest history row of ``lock`` (None while the database is down)."""
+        engine = sa.create_engine(self.url, connect_args={"connect_timeout": 2})
+        try:
+            with engine.connect() as conn:
+                newest = conn.execute(
+                    sa.text("SELECT max(id) FROM celery_master_history WHERE lock_name = :n"),
+                    {"n": lock},
+                ).scalar()
+                return int(newest or 0)
+        except sa.exc.OperationalError:
+            return None
+        finally:
+            engine.dispose()
 
 
 def runs(worker: Any, lock: str) -> bool:

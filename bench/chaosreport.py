@@ -26,6 +26,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from bench.chaosevidence import print_evidence
+
 __all__ = [
     "ALLOWED_ERRORS",
     "Window",
@@ -186,13 +188,15 @@ def beat_slots(
     """Sends per wall-clock slot of one app's beat: duplicates, and lost slots outside windows.
 
     Sends of a worker whose clock was stepped are left out, and so are the slots
-    around them (that worker's beat sent by its own, stepped, wall clock).
+    from its first send to the end: its beat sent by its own, stepped, wall clock
+    and stored those slots, and the next master resumes from them (Celery beat
+    schedules by wall time), an hour off.
     """
     mine = [e for e in sends if e.get("slot") is not None and e["pid"] not in left_out_pids]
     stepped = [e["t"] for e in sends if e["pid"] in left_out_pids]
     windows = list(excluded)
     if stepped:
-        windows.append((min(stepped) - period, max(stepped) + 2 * period))
+        windows.append((min(stepped) - period, finished + period))
     per_slot = Counter(e["slot"] for e in mine)
     duplicates = {slot: n for slot, n in per_slot.items() if n > 1}
     first = math.floor(began / period) + 1
@@ -298,11 +302,13 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"    traceback after: {line}")
     for reason, n in r["allowed_errors"].items():
         print(f"    allowed: {n} x {reason}")
+    print_evidence(r)
     late = r["late_broadcasts"]
     if late["n"]:
         print(
             f"{'late broadcasts (clean / n)':<48}{late['clean']} / {late['n']}: "
-            f"{late['extra_handovers']} extra hand-overs, {late['undone_enables']} enables undone"
+            f"releases applied {late['releases_applied']} (once each is right), "
+            f"{late['undone_enables']} enables undone"
         )
     print(f"{'lock':<16}{'availability':>13}{'bins':>6}{'longest gap':>12}  no master at (s)")
     for lock, a in r["availability"].items():

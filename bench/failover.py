@@ -48,17 +48,22 @@ def holder_of(cluster: Cluster, names: list[str]) -> int:
     return max(set(pids), key=pids.count)  # the worker holding most names
 
 
-def next_starts(cluster: Cluster, names: list[str], after: float, timeout: float) -> list[float]:
+def first_after(
+    cluster: Cluster, kind: str, names: list[str], after: float, timeout: float
+) -> list[float]:
+    """Each lock name's first ``kind`` (start, stop) after ``after``, waited for however late:
+    a late stop() is the finding, never cut at a fixed sleep."""
+
     def found() -> list[float] | None:
         times = []
         for name in names:
-            later = [s["t"] for s in cluster.journal.starts(name) if s["t"] > after]
+            later = [e["t"] for e in cluster.journal.events(kind, name) if e["t"] > after]
             if not later:
                 return None
             times.append(min(later))
         return times
 
-    return wait_for(found, timeout, "every lock name to have a new master", 0.02)
+    return wait_for(found, timeout, f"every lock name's next {kind}()", 0.02)
 
 
 DURABLE = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"  # PostgreSQL's defaults
@@ -98,11 +103,11 @@ def run(
                 mine = [n for n in names if cluster.master_pid(n) == pid]
                 if scenario == "crash":
                     at = cluster.signal(pid, signal.SIGKILL)
-                    starts = next_starts(cluster, mine, at, 60)
+                    starts = first_after(cluster, "start", mine, at, 60)
                     results[scenario] += [t - at for t in starts]
                 elif scenario == "graceful":
                     at = cluster.signal(pid, signal.SIGTERM)
-                    starts = next_starts(cluster, mine, at, 60)
+                    starts = first_after(cluster, "start", mine, at, 60)
                     stops = {
                         e["lock"]: e["t"] for e in cluster.journal.events("stop") if e["pid"] == pid
                     }
@@ -111,12 +116,12 @@ def run(
                     assert server is not None
                     down = time.time()
                     server.stop()
-                    time.sleep(cluster.ttl)  # long enough that every master must stop
-                    stops = [e["t"] - down for e in cluster.journal.events("stop") if e["t"] > down]
-                    results.setdefault("outage-stop", []).extend(stops)
+                    stops = first_after(cluster, "stop", names, down, 3 * cluster.ttl + 10)
+                    results.setdefault("outage-stop", []).extend(t - down for t in stops)
+                    time.sleep(max(0.0, down + cluster.ttl - time.time()))  # down for a ttl
                     at = time.time()  # a new master may start before pg_ctl returns
                     server.start()
-                    starts = next_starts(cluster, names, at, 60)
+                    starts = first_after(cluster, "start", names, at, 60)
                     results[scenario] += [max(0.0, t - at) for t in starts]
                 marks.append((f"{db}/{n_locks}", scenario, at, max(starts)))
                 if scenario != "outage":
@@ -141,7 +146,8 @@ def fmt(values: list[float]) -> str:
     )
 
 
-def draw(marks: list[tuple[str, str, float, float]], path: Path) -> None:
+def draw(marks: list[tuple[str, str, float, float]], path: Path, crash_bound: float) -> None:
+    """``crash_bound``: ttl + check interval of the run's timing, drawn dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,10 +158,10 @@ def draw(marks: list[tuple[str, str, float, float]], path: Path) -> None:
     for i, (label, scenario, at, end) in enumerate(marks):
         ax.barh(i, end - at, color=colors[scenario])
         ax.text(end - at + 0.05, i, f"{label} {scenario} {end - at:.2f}s", va="center", fontsize=7)
-    ax.axvline(5.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.axvline(crash_bound, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel(
         "seconds from fault (crash: kill -9; graceful: SIGTERM; outage: DB back) "
-        "to the last new master; dashed: ttl + check interval"
+        f"to the last new master; dashed: ttl + check interval ({crash_bound:g} s)"
     )
     ax.set_yticks([])
     fig.tight_layout()
@@ -176,6 +182,7 @@ def main() -> None:
     marks: list[tuple[str, str, float, float]] = []
     rows = []
     timing = {**DEFAULTS, **({"check_interval": args.check} if args.check else {})}
+    ttl = timing["heartbeat_interval"] * (timing["max_heartbeat_retry_count"] + 1)
     redis = RedisServer() if args.broker == "redis" else None
     keep = contextlib.nullcontext(tempfile.mkdtemp(prefix="cm-bench-"))
     with keep if args.keep else tempfile.TemporaryDirectory(prefix="cm-bench-") as tmp:
@@ -207,10 +214,11 @@ def main() -> None:
         print(f"{db:<11}{n:>6}  {scenario:<12} {fmt(values)}")
     print(
         "crash: kill -9 -> new start(); graceful: old stop() -> new start(); outage: DB "
-        "restarted -> new start(); outage-stop: DB stopped -> old stop(); no overlap seen"
+        "restarted -> new start(); outage-stop: DB stopped -> old stop() (must stay below "
+        f"the ttl, {ttl:g} s); no overlap seen"
     )
     if args.png:
-        draw(marks, args.png)
+        draw(marks, args.png, ttl + timing["check_interval"])
         print(f"timeline written to {args.png}")
 
 

@@ -7,6 +7,10 @@ and a 1 s stall. Quiet: no ERROR/CRITICAL line in any worker log beyond
 bench/chaosreport.py's allow-list, and no traceback.
 Recovered: every recovery action worked and every lock has a master once the
 faults stop, so a run whose database never comes back fails.
+Shown to have happened: every fault kind asked for ran, or the report names
+why it cannot here; stale fenced writes were attempted (and refused), so "0
+accepted" means something; a stepped wall clock was seen to move, in the
+worker's own journal and on the database server.
 """
 
 from __future__ import annotations
@@ -35,6 +39,19 @@ def load_chaos():
     return module
 
 
+def assert_faults_happened(report) -> None:
+    """Each fault the soak claims left evidence; a kind it cannot inject is named, not dropped."""
+    assert report["never_ran"] == [], f"fault kinds that never ran: {report['never_ran']}"
+    refused = report["stale_writes_refused"]
+    assert refused["database"] + refused["locally"] > 0, (
+        f"no stale fenced write was attempted, so '0 accepted' shows nothing: {refused}"
+    )
+    assert report["stale_writes_passed"] == 0, "a job's write passed the fence after its term"
+    for where, clock in report["clock_steps"].items():
+        if clock["injected"]:
+            assert clock["moved"], f"the {where}'s wall clock never moved: {clock}"
+
+
 def assert_healthy(report) -> None:
     assert report["recovery_failures"] == []
     assert report["unrecovered"] == [], "locks without a master after the faults stopped"
@@ -58,9 +75,13 @@ def test_short_soak_is_safe_available_and_recovers():
     """Classic faults plus database blips and +-1 h wall-clock steps on a worker and on
     PostgreSQL (libfaketime): no clock decides anything, so a step costs nothing."""
     faults = "classic,db_blip,clock_worker,clock_db"
-    args = ["--duration", "50", "--fast", "--seed", "11", "--every", "3", "--faults", faults]
+    args = ["--duration", "65", "--fast", "--seed", "11", "--every", "3", "--faults", faults]
     report = load_chaos().main(args)
     assert sum(report["faults"].values()) >= 5, report["faults"]
+    # the filesystem broker has no server to stop: the report says so rather than drop it
+    assert set(report["not_applicable"]) == {"broker_stop"}, report["not_applicable"]
+    assert report["faults"].get("clock_worker") and report["faults"].get("clock_db")
+    assert_faults_happened(report)
     assert_healthy(report)
 
 
@@ -69,10 +90,16 @@ def test_heterogeneous_soak_keeps_every_lock_and_each_apps_beat():
     weights, a lock only one worker runs, a `prefer` glob naming a node that does not run
     its lock; every fault kind, late broadcasts among them. Same assertions, and each app's
     beat sends every slot outside the fault windows, none twice."""
-    args = ["--hetero", "--duration", "50", "--fast", "--seed", "3", "--every", "3"]
+    args = ["--hetero", "--duration", "65", "--fast", "--seed", "3", "--every", "3"]
     report = load_chaos().main([*args, "--faults", "all"])
     assert sum(report["faults"].values()) >= 5, report["faults"]
+    assert set(report["not_applicable"]) == {"broker_stop"}, report["not_applicable"]
+    assert_faults_happened(report)
     assert_healthy(report)
+    late = report["late_broadcasts"]
+    assert late["n"] >= 1 and late["clean"] == late["n"], f"late broadcasts not measured: {late}"
+    assert all(n == 1 for n in late["releases_applied"]), f"a release applied twice: {late}"
+    assert late["undone_enables"] == 0, f"a late disable undid a later enable: {late}"
     assert len(report["beat"]) == 2, "both apps run a beat"
     for app, beat in report["beat"].items():
         sent = beat["sends"] + beat["left_out_sends"]  # a stepped clock's sends are left out

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 
 from celery import Celery
 
@@ -90,8 +91,20 @@ def test_flower_shows_the_master_field_and_survives_master_events(make_cluster, 
             }
             return last[0]
 
-        shown = summaries()
+        def wait_shown(ready: Callable[[dict[str, str]], bool], what: str) -> dict[str, str]:
+            """Polled: one refresh may miss a worker whose inspect reply was late."""
+
+            def check() -> dict[str, str] | None:
+                got = summaries()
+                return got if ready(got) else None
+
+            try:
+                return wait_for(check, 30, what, 0.5)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; Flower showed {last[0]}") from None
+
         epoch = fields[node][LOCK]["epoch"]
+        shown = wait_shown(lambda got: bool(got.get(node) and got.get(other)), "both summaries")
         assert shown[node].startswith(f"master of {LOCK} (epoch {epoch}, since "), shown
         assert shown[other] == f"standby for {LOCK}", shown
         page = get(f"{base}/worker/{node}")
@@ -105,14 +118,9 @@ def test_flower_shows_the_master_field_and_survives_master_events(make_cluster, 
         time.sleep(1)
         assert flower.poll() is None, (cluster.dir / "flower.log").read_text()[-2000:]
 
-        def other_is_master() -> dict[str, str] | None:
-            got = summaries()
-            return got if got.get(other, "").startswith(f"master of {LOCK}") else None
-
-        try:
-            after = wait_for(other_is_master, 30, f"Flower to show {other} as master", 0.5)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; Flower showed {last[0]}") from None
+        after = wait_shown(
+            lambda got: got.get(other, "").startswith(f"master of {LOCK}"), f"{other} as master"
+        )
         assert f"(epoch {epoch + 1}, since " in after[other], after
         log = (cluster.dir / "flower.log").read_text()
         assert "Traceback" not in log, log[-3000:]

@@ -24,6 +24,7 @@ import pytest
 from kombu import Connection
 
 from tests.support.cluster import FAST_TIMING, wait_for
+from tests.support.handover import HANDOVER, HINT_TIMING, QUIET, RELEASE, assert_woken, wait_read
 from tests.support.servers import free_port
 
 LOCK = "JOB-SCHEDULER"
@@ -125,14 +126,17 @@ def test_kill_9_of_the_master_fails_over_on_rabbitmq(make_cluster, pg_url, rabbi
 
 
 def test_sigterm_hands_over_through_a_hint_on_rabbitmq(make_cluster, pg_url, rabbit):
-    cluster = make_cluster(pg_url, broker_url=rabbit.url, **{**FAST_TIMING, "check_interval": 30})
+    cluster = make_cluster(pg_url, broker_url=rabbit.url, **HINT_TIMING)
+    booted = time.time()  # no worker has read the lease before this
     cluster.start_workers(2)
     first = wait_for(cluster.master_pid, 15, "a first master")
-    time.sleep(1)  # the standby has looked once and now sleeps for 30 s: only a hint is fast
+    wait_read(cluster, LOCK, cluster.worker(first))  # the standby reads again QUIET s later
     term_at = cluster.signal(first, signal.SIGTERM)
-    new = cluster.wait_new_start(term_at, 15, exclude_pid=first)
+    new = cluster.wait_new_start(term_at, 2 * QUIET, exclude_pid=first)
     stop = next(e for e in cluster.journal.events("stop", LOCK) if e["pid"] == first)
-    assert 0 <= new["t"] - stop["t"] < 5 < 30, "the hint did not arrive over RabbitMQ"
+    took = new["t"] - stop["t"]
+    assert 0 <= took < HANDOVER, f"hand-over over RabbitMQ took {took:.3f}s"
+    assert_woken(cluster, new, booted, LOCK)
     cluster.worker(first).proc.wait(30)
     assert cluster.worker(first).proc.returncode == 0
     cluster.journal.assert_no_overlap(LOCK)
@@ -150,7 +154,8 @@ def _replies(result: subprocess.CompletedProcess[str]) -> dict:
 
 
 def test_control_disable_and_enable_on_rabbitmq(make_cluster, pg_url, rabbit):
-    cluster = make_cluster(pg_url, broker_url=rabbit.url, **{**FAST_TIMING, "check_interval": 30})
+    cluster = make_cluster(pg_url, broker_url=rabbit.url, **HINT_TIMING)
+    booted = time.time()
     cluster.start_workers(2)
     first = wait_for(cluster.master_pid, 15, "a first master")
     out = _replies(cluster.celery("control", "--json", "mastercontrol", "disable", LOCK, "rmq"))
@@ -162,5 +167,7 @@ def test_control_disable_and_enable_on_rabbitmq(make_cluster, pg_url, rabbit):
     enabled_at = time.time()
     out = _replies(cluster.celery("control", "--json", "mastercontrol", "enable", LOCK))
     assert any(r.get("ok") for r in out.values()), out
-    cluster.wait_new_start(enabled_at, 10)  # well under the 30 s check interval: the hint
+    new = cluster.wait_new_start(enabled_at, 2 * QUIET)
+    # the workers last read the lease when the disable woke them: enable must wake them too
+    assert_woken(cluster, new, booted, LOCK, RELEASE, "mastercontrol")
     cluster.journal.assert_no_overlap(LOCK)

@@ -10,10 +10,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from celery import Celery
+from celery import Celery, signals
 
 import celery_master
 from celery_master import testing
+from celery_master.holder import Holder
+from celery_master.jobs.beat.scheduler import HEADER_EPOCH
 from celery_master.testing import MasterCluster
 
 pytest_plugins = ["pytester"]
@@ -163,23 +165,38 @@ def test_the_default_app_is_celery_contrib_pytests_celery_app(pytester: pytest.P
 
 
 def test_ha_beat_sends_from_one_worker_and_moves_on_fail_over(master_cluster: MasterCluster):
+    """Each send names its sender: the epoch header is a term, and the history says whose."""
     app = master_cluster.app
-    sent: list[str] = []
+    epochs: list[object] = []  # one per send, in send order
 
     @app.task(name="plugin_test.tick")
     def tick() -> None:
-        sent.append(tick.request.hostname or "?")
+        return None
+
+    def record(sender: str | None = None, headers: dict | None = None, **_: object) -> None:
+        if sender == "plugin_test.tick":
+            epochs.append((headers or {}).get(HEADER_EPOCH))
 
     app.conf.beat_schedule = {"tick": {"task": "plugin_test.tick", "schedule": 0.2}}
+    signals.before_task_publish.connect(record, weak=False)
     try:
         master_cluster.start_worker("b1", master_beat=True)
         master_cluster.start_worker("b2", master_beat=True)
         lock = master_cluster.beat_lock_name
         first = master_cluster.wait_for_master(lock)
-        testing.wait_until(lambda: len(sent) >= 2, master_cluster.bound(), "beat to send")
+        testing.wait_until(lambda: len(epochs) >= 2, master_cluster.bound(), "beat to send")
         second = master_cluster.fail_over(lock)
-        count = len(sent)
-        testing.wait_until(lambda: len(sent) > count + 1, master_cluster.bound(), "beat again")
+        count = len(epochs)
+        testing.wait_until(lambda: len(epochs) > count + 1, master_cluster.bound(), "beat again")
         assert second is not first and second.is_master(lock) and not first.running
     finally:
+        signals.before_task_publish.disconnect(record)
         app.conf.beat_schedule = {}
+    terms = {
+        h["epoch"]: Holder.node_of(str(h["holder"]))
+        for h in master_cluster.history(lock)
+        if h["event"] == "acquired"
+    }
+    senders = [terms.get(e, f"no term of {lock} has epoch {e!r}") for e in epochs]
+    in_turn = [s for i, s in enumerate(senders) if i == 0 or s != senders[i - 1]]
+    assert in_turn == [first.hostname, second.hostname], f"senders in send order: {senders}"

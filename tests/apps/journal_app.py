@@ -9,12 +9,14 @@ JOURNAL_BEAT_SLOTS=1 (beat sends on wall-clock slots of JOURNAL_BEAT_PERIOD,
 each send journaled with its slot), JOURNAL_FENCE_HOLD (seconds, at most, a
 fenced transaction stays open), JOURNAL_CLOCK_BASE (journal instants are
 CLOCK_MONOTONIC + this base, so a worker whose wall clock is stepped by
-libfaketime still journals on the one timeline of the host).
+libfaketime still journals on the one timeline of the host; such a worker
+also journals its wall clock twice a second, the evidence that it moved).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -48,6 +50,9 @@ if _fs:
 else:
     app.conf.broker_url = os.environ.get("JOURNAL_BROKER_URL", "memory://")
 app.conf.worker_hijack_root_logger = False
+# kombu's DEBUG line for every broadcast a worker receives: the tests read from a worker's
+# own log when a hint or a command reached it (tests/support/handover.py)
+logging.getLogger("kombu.pidbox").setLevel(logging.DEBUG)
 app.conf.broker_connection_retry_on_startup = True
 
 JOURNAL = os.environ.get("JOURNAL_FILE", "journal.jsonl")
@@ -120,10 +125,26 @@ def fenced_tick(ctx: celery_master.MasterContext) -> None:
                     lock_name=ctx.lock_name, epoch=ctx.epoch, holder=ctx.holder, at=now()
                 )
             )
-    except celery_master.NotMaster:
-        journal("fence-refused", ctx)
+    except celery_master.NotMaster as exc:  # why: the soak tells a stale term from a fault
+        journal("fence-refused", ctx, why=str(exc))
     except sa.exc.SQLAlchemyError as exc:
         journal("fence-error", ctx, error=type(exc).__name__)
+
+
+def journal_clock() -> None:
+    """Twice a second, this process's wall clock against the journal's: a stepped clock shows."""
+    while True:
+        line = {"event": "clock", "t": now(), "pid": os.getpid(), "wall": time.time()}
+        with open(JOURNAL, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        time.sleep(0.5)
+
+
+@signals.worker_ready.connect
+def watch_clock(**kwargs: object) -> None:
+    """Only in a worker whose wall clock libfaketime may step, journaling on a shared base."""
+    if _BASE and os.environ.get("FAKETIME_TIMESTAMP_FILE"):
+        threading.Thread(target=journal_clock, name="journal-clock", daemon=True).start()
 
 
 def start(ctx: celery_master.MasterContext) -> None:
@@ -137,6 +158,19 @@ def start(ctx: celery_master.MasterContext) -> None:
 
 def stop(ctx: celery_master.MasterContext) -> None:
     journal("stop", ctx, is_master=ctx.is_master())
+    if FENCED:
+        stale_write(ctx)
+
+
+def stale_write(ctx: celery_master.MasterContext) -> None:
+    """A write from a term that has ended, as a job that missed the end of its term makes
+    one: the fence must refuse it, before any I/O (the soak counts every refusal)."""
+    try:
+        ctx.fence(None)
+    except celery_master.NotMaster as exc:
+        journal("fence-refused", ctx, why=str(exc))
+    else:
+        journal("fence-passed-after-term", ctx)
 
 
 _weights, _prefer = _per_lock("JOURNAL_WEIGHTS"), _per_lock("JOURNAL_PREFER")
