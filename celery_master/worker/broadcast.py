@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 #: senders' and workers' wall clocks may differ by this much before a broadcast counts as late
 CLOCK_SKEW = 1.0
 REPLY_MARGIN = 0.1  # a reply needs this long to reach its sender
+MIN_WAIT = 0.25  # the least a command waits for its statement before saying "not known yet"
 
 
 class Broadcasts:
@@ -95,7 +96,8 @@ class Broadcasts:
         """How long a reply may wait and still reach its sender (it stops at ``expires``)."""
         if self.expires is None:
             return at_most
-        return max(0.0, min(at_most, self.expires - time.time() - REPLY_MARGIN))
+        # within the allowed skew the sender's clock may run ahead: it may still be listening
+        return max(MIN_WAIT, min(at_most, self.expires - time.time() - REPLY_MARGIN))
 
 
 class BroadcastStep(bootsteps.StartStopStep):
