@@ -248,7 +248,8 @@ class Soak(FaultsMixin, AccountingMixin):
                 self.run_pending(now)
                 self.observe_beat()
                 quiet = self.now() < self.quiet_until
-                if now >= next_fault and now < end and self.kinds and not quiet:
+                done = self.args.each_once and not self.unplayed  # then a quiet spell to judge
+                if now >= next_fault and now < end and self.kinds and not quiet and not done:
                     self.inject(self.pick())
                     next_fault = now + self.rng.expovariate(1 / self.args.every)
                 time.sleep(0.05)
@@ -327,6 +328,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--broker", choices=["filesystem", "redis"], default="filesystem")
     parser.add_argument("--faults", default="classic", help="classic, new, all, or kinds")
+    parser.add_argument(
+        "--each-once",
+        action="store_true",
+        help="inject every kind once, then none: the rest of the run is judged free of faults",
+    )
     parser.add_argument("--hetero", action="store_true", help="two apps, unequal workers")
     parser.add_argument("--beat", action="store_true", help="HA beat on every worker")
     parser.add_argument("--fast", action="store_true", help="ttl 1.5 s instead of the default 4 s")
